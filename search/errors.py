@@ -1,0 +1,71 @@
+"""Typed domain errors. The API maps each one to an HTTP status in one place (api/errors.py)."""
+
+from __future__ import annotations
+
+
+class RoomlensError(Exception):
+    """Base of every error roomlens raises on purpose."""
+
+    code = "roomlens_error"
+
+
+class InvalidInput(RoomlensError):
+    """A request or argument that can never succeed as given."""
+
+    code = "invalid_input"
+
+
+class InvalidImage(InvalidInput):
+    """Bytes that are not a readable image (truncated, corrupt, empty)."""
+
+    code = "invalid_image"
+
+
+class UnsupportedImageType(InvalidInput):
+    """An image in a format roomlens does not accept."""
+
+    code = "unsupported_image_type"
+
+
+class ImageTooLarge(InvalidInput):
+    """An upload over the byte cap or the pixel cap."""
+
+    code = "image_too_large"
+
+
+class FeedError(InvalidInput):
+    """A catalog feed that cannot be read at all (missing file, wrong format)."""
+
+    code = "feed_error"
+
+
+class NotFound(RoomlensError):
+    code = "not_found"
+
+
+class ProductNotFound(NotFound):
+    code = "product_not_found"
+
+
+class IndexNotReady(RoomlensError):
+    """No index has been built yet, or it could not be loaded."""
+
+    code = "index_not_ready"
+
+
+class ModelMismatch(RoomlensError):
+    """An index built with another embedder than the configured one."""
+
+    code = "model_mismatch"
+
+
+class ModelUnavailable(RoomlensError):
+    """Model weights that are missing or cannot be loaded."""
+
+    code = "model_unavailable"
+
+
+class IndexerBusy(RoomlensError):
+    """Another indexer run holds the lock."""
+
+    code = "indexer_busy"

@@ -1,0 +1,1 @@
+"""Segmenters and embedders, one module per backend, built through `registry`."""

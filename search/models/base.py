@@ -1,0 +1,48 @@
+"""The Protocols at the heavy seams: every segmenter and embedder backend implements one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from search.types import Detection, Instance, Vectors
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Finds labelled boxes in an image."""
+
+    name: str
+
+    def detect(self, image: Image.Image) -> list[Detection]:
+        """Boxes in pixels of `image`, best first."""
+        ...
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Turns an image into instances: box, label, score and a full-size boolean mask."""
+
+    name: str
+
+    def segment(self, image: Image.Image) -> list[Instance]:
+        """Every object found in a scene photo (a room)."""
+        ...
+
+    def segment_product(self, image: Image.Image) -> list[Instance]:
+        """The product in a catalog photo (one item on a plain background)."""
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps images to L2-normalised float32 vectors."""
+
+    name: str  # identity recorded in the index sidecar, e.g. "efficientnet-lite0"
+    dim: int
+
+    def embed(self, images: Sequence[Image.Image]) -> Vectors:
+        """An (n, dim) float32 array, each row of unit L2 norm."""
+        ...
