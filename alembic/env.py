@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from alembic import context
 from search.db import Base, ensure_sqlite_dir
 
 config = context.config

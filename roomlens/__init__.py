@@ -1,0 +1,1 @@
+"""The `roomlens` command line: thin subcommands over the `search`, `indexer` and `api` packages."""

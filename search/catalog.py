@@ -514,10 +514,10 @@ def iter_vectors(
             .order_by(InstanceRow.vector_id)
             .limit(chunk)
         )
-        rows = session.execute(stmt).all()
+        rows = cast(list[tuple[int, bytes]], session.execute(stmt).all())
         if not rows:
             return
-        ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
         yield ids, vectors.reshape(len(rows), dim)
         after = int(ids[-1])

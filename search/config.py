@@ -1,4 +1,4 @@
-"""The one typed settings object. Built once (`Settings()`) and passed in, never imported as a global.
+"""The one typed settings object: built once (`Settings()`) and passed in, never a global.
 
 Environment variables use the prefix `ROOMLENS_` and `__` for nesting, e.g.
 `ROOMLENS_DATABASE_URL`, `ROOMLENS_MODELS__EMBEDDER=efficientnet-lite2`.
@@ -9,23 +9,54 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLE_DIR = REPO_ROOT.parent / "shared" / "datasets" / "ikea"
 
 
+PROFILES: dict[str, dict[str, str]] = {
+    "offline": {"segmenter": "lite", "embedder": "efficientnet-lite0"},
+    "clip": {"segmenter": "torchvision", "embedder": "open-clip"},
+}
+
+
 class ModelSettings(BaseModel):
+    """Which models run. `profile` picks defaults; any piece can still be set on its own."""
+
     profile: Literal["offline", "clip"] = "offline"
-    segmenter: str = "lite"
-    embedder: str = "efficientnet-lite0"
+    segmenter: str = ""  # "" = the profile's: lite | torchvision | detectron2
+    embedder: str = ""  # "" = the profile's: efficientnet-lite0..4 | open-clip
     detector_score: float = Field(0.3, ge=0.0, le=1.0)
+    detector_classes: Literal["furniture", "all"] = "furniture"
     max_instances: int = Field(20, ge=1)
     crop_margin: float = Field(0.1, ge=0.0, le=1.0)
+    crop_mode: Literal["box", "mask", "soft"] = "box"
+    oversample: int = Field(4, ge=1, description="vectors fetched per product asked for")
     models_dir: Path = REPO_ROOT / "data" / "models"
     threads: int = Field(0, ge=0, description="torch/onnxruntime threads; 0 = all cores")
-    device: str = "cpu"
+    device: str = Field("auto", description="auto (cuda when present), cpu or cuda[:N]")
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str | None = Field(
+        None,
+        description="open_clip pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint "
+        "file, or local-dir:PATH; None builds random weights",
+    )
+    maskrcnn_weights: str | None = Field(
+        None, description="'DEFAULT' (torchvision download) or a local .pth; None = random"
+    )
+    detectron2_config: str = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+    detectron2_weights: str | None = None
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> ModelSettings:
+        defaults = PROFILES[self.profile]
+        if not self.segmenter:
+            self.segmenter = defaults["segmenter"]
+        if not self.embedder:
+            self.embedder = defaults["embedder"]
+        return self
 
 
 class IndexSettings(BaseModel):
@@ -38,6 +69,9 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     default_k: int = Field(10, ge=1, le=100)
+    inference_workers: int = Field(
+        1, ge=1, description="searches run at once; the rest queue (models use all cores)"
+    )
 
 
 class Settings(BaseSettings):

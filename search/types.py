@@ -88,7 +88,7 @@ class ProductHit:
     title: str
     category: str | None
     score: float
-    image_url: str | None
+    image_id: int | None = None
     price: float | None = None
     currency: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

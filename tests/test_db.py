@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, delete, func, inspect, select
 from sqlalchemy.orm import Session
 
-from alembic import command
 from search.db import (
     ALEMBIC_INI,
     SQLITE_BUSY_TIMEOUT_MS,

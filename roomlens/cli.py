@@ -1,0 +1,129 @@
+"""`roomlens` command line. Each subcommand parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from search.config import Settings
+from search.errors import RoomlensError
+
+log = logging.getLogger("roomlens")
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # the command failed; nothing was changed that the next run cannot finish
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3  # finished, but some feed lines or images failed (see the report)
+EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the lock; try again later
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from search.db import migrate
+
+    migrate(settings.database_url)
+    print(f"database migrated: {settings.database_url}")
+    return EXIT_OK
+
+
+def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.pipeline import IndexOptions, run_index
+    from search.db import migrate
+
+    migrate(settings.database_url)
+    options = IndexOptions(full=args.full, progress=not args.no_progress, limit=args.limit)
+    report = run_index(args.feed, settings=settings, options=options)
+    print(report.summary())
+    return EXIT_PARTIAL if report.failures else EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.main import create_app
+    from search.db import migrate
+
+    migrate(settings.database_url)
+    port = args.port or settings.port
+    host = args.host or settings.api.host
+    print(f"roomlens serving on http://{host}:{port}")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from api.state import build_state
+    from search.images import read_image_file
+    from search.service import SearchOptions
+
+    state = build_state(settings)
+    image = read_image_file(args.photo, max_pixels=settings.api.max_pixels)
+    result = state.service.search(image, SearchOptions(k=args.k))
+    if args.json:
+        from api.routes.search import to_response
+
+        print(to_response(result).model_dump_json(indent=2))
+        return EXIT_OK
+    print(f"index {result.index.version} ({result.index.vector_count} vectors)")
+    for n, group in enumerate(result.groups, 1):
+        inst = group.instance
+        box = ", ".join(f"{v:.0f}" for v in inst.box.as_list())
+        print(f"\n#{n} {inst.label} {inst.score:.2f} box [{box}]")
+        for hit in group.products:
+            print(f"    {hit.score:.3f}  {hit.sku}  {hit.title}  ({hit.category})")
+    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
+    print(f"\n{timings}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roomlens", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("index", help="index a catalog feed (JSONL or CSV), incrementally")
+    p.add_argument("feed", type=Path)
+    p.add_argument("--full", action="store_true", help="re-segment and re-embed every image")
+    p.add_argument("--limit", type=int, default=None, help="index only the first N products")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("serve", help="serve the HTTP API and the web page")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None, help="default: ROOMLENS_PORT or 8000")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("search", help="search the index with a photo and print the results")
+    p.add_argument("photo", type=Path)
+    p.add_argument("-k", type=int, default=5, help="products per instance")
+    p.add_argument("--json", action="store_true", help="print the API's JSON response")
+    p.set_defaults(func=cmd_search)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        return func(args, Settings())
+    except RoomlensError as exc:
+        print(f"roomlens: {exc}", file=sys.stderr)
+        from search.errors import IndexerBusy
+
+        return EXIT_BUSY if isinstance(exc, IndexerBusy) else EXIT_ERROR
+    except KeyboardInterrupt:
+        print("roomlens: interrupted; the next run resumes where this one stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

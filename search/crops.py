@@ -1,0 +1,155 @@
+"""From an instance (box + full-size mask) to the crop an embedder sees, and catalog instances."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from search.types import BoolMask, Box, Instance
+
+if TYPE_CHECKING:
+    from search.models.u2net import U2NetMasker
+
+logger = logging.getLogger(__name__)
+
+CROP_MODES = ("box", "mask", "soft")
+MIN_BOX_SIDE = 2.0  # pixels
+BACKGROUND_TOLERANCE = 16  # max per-channel difference (0..255) still counted as background
+BORDER_WIDTH = 4  # pixels of the image frame sampled for the background colour
+
+RGB = tuple[int, int, int]
+
+
+def _pixel_region(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """Integer (left, top, right, bottom) covering `box`, clipped to the image."""
+    left = max(0, math.floor(box.x0))
+    top = max(0, math.floor(box.y0))
+    right = min(width, math.ceil(box.x1))
+    bottom = min(height, math.ceil(box.y1))
+    return left, top, right, bottom
+
+
+def _dilate(mask: BoolMask, pixels: int) -> BoolMask:
+    """`mask` grown by `pixels` with an elliptical kernel (unchanged when pixels <= 0)."""
+    if pixels <= 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def _soft_alpha(mask: BoolMask, sigma: float) -> npt.NDArray[np.float32]:
+    """0..1 alpha: 1 on the mask, fading outside it over a Gaussian of scale `sigma` pixels."""
+    alpha = mask.astype(np.float32)
+    if sigma <= 0:
+        return alpha
+    blurred = cv2.GaussianBlur(alpha, (0, 0), sigmaX=sigma)
+    return np.maximum(alpha, np.asarray(blurred, dtype=np.float32))
+
+
+def _composite(crop: Image.Image, alpha: npt.NDArray[np.float32], fill: RGB) -> Image.Image:
+    """`crop` where alpha is 1, `fill` where it is 0, blended in between."""
+    pixels = np.asarray(crop, dtype=np.float32)
+    background = np.asarray(fill, dtype=np.float32).reshape(1, 1, 3)
+    a = alpha[..., None]
+    blended = pixels * a + background * (1.0 - a)
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def crop_instance(
+    image: Image.Image,
+    instance: Instance,
+    *,
+    margin: float = 0.1,
+    mode: str = "box",
+    fill: RGB = (255, 255, 255),
+    dilate: int = 0,
+    feather: float | None = None,
+) -> Image.Image:
+    """The RGB crop of `instance`: its box grown by `margin` of its size per side, clipped.
+
+    mode "box" keeps every pixel; "mask" replaces pixels outside the mask (grown by `dilate`
+    px) with `fill`; "soft" keeps the mask's pixels and blends those outside it towards `fill` with
+    a blurred mask (Gaussian sigma `feather` px, default 2% of the crop's longer side).
+    """
+    if mode not in CROP_MODES:
+        raise ValueError(f"mode must be one of {CROP_MODES}, got {mode!r}")
+    width, height = image.size
+    box = instance.box.clip(width, height)
+    if box.width < MIN_BOX_SIDE or box.height < MIN_BOX_SIDE:
+        raise ValueError(f"degenerate box {instance.box.as_list()} in a {width}x{height} image")
+    left, top, right, bottom = _pixel_region(box.expand(margin, width, height), width, height)
+    crop = image.convert("RGB").crop((left, top, right, bottom))
+    if mode == "box":
+        return crop
+    if instance.mask.shape != (height, width):
+        raise ValueError(f"mask shape {instance.mask.shape} does not match image {width}x{height}")
+    mask = _dilate(np.asarray(instance.mask, dtype=bool), dilate)[top:bottom, left:right]
+    if mode == "mask":
+        return _composite(crop, mask.astype(np.float32), fill)
+    sigma = feather if feather is not None else max(1.0, 0.02 * max(crop.size))
+    return _composite(crop, _soft_alpha(mask, sigma), fill)
+
+
+def _box_from_mask(mask: BoolMask) -> Box | None:
+    """The tight box [x0, x1) × [y0, y1) around the mask's True pixels, or None if it has none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return None
+    return Box(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def _border_colour(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
+    """The median colour of the image's outer frame (BORDER_WIDTH px wide)."""
+    b = max(1, min(BORDER_WIDTH, pixels.shape[0] // 2, pixels.shape[1] // 2))
+    frame = np.concatenate(
+        [
+            pixels[:b].reshape(-1, 3),
+            pixels[-b:].reshape(-1, 3),
+            pixels[:, :b].reshape(-1, 3),
+            pixels[:, -b:].reshape(-1, 3),
+        ]
+    )
+    return np.asarray(np.median(frame, axis=0), dtype=np.int16)
+
+
+def background_difference_mask(
+    image: Image.Image, tolerance: int = BACKGROUND_TOLERANCE
+) -> BoolMask:
+    """Foreground of a product shot on a plain background, without a model.
+
+    Background = pixels within `tolerance` of the border colour that connect to the image frame;
+    everything else (including enclosed background-coloured parts of the product) is foreground.
+    """
+    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    diff = np.abs(pixels.astype(np.int16) - _border_colour(pixels)).max(axis=2)
+    similar = (diff <= tolerance).astype(np.uint8)
+    _, labels = cv2.connectedComponents(similar, connectivity=4)
+    frame = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    border_labels = np.unique(frame)
+    border_labels = border_labels[border_labels > 0]  # label 0 = the non-similar pixels
+    foreground = ~np.isin(labels, border_labels)
+    opened = cv2.morphologyEx(
+        foreground.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), dtype=np.uint8)
+    )
+    return np.asarray(opened, dtype=bool)
+
+
+def product_instance(image: Image.Image, masker: U2NetMasker | None) -> Instance:
+    """The one product in a catalog photo: U²-Net-p mask if `masker`, else background difference.
+
+    The box is the mask's bounding box; an empty mask falls back to the whole image (all True).
+    """
+    mask = masker.mask(image) if masker is not None else background_difference_mask(image)
+    box = _box_from_mask(mask)
+    if box is None:
+        logger.debug("empty product mask on a %dx%d image: using the whole image", *image.size)
+        mask = np.ones((image.height, image.width), dtype=bool)
+        box = Box(0.0, 0.0, float(image.width), float(image.height))
+    return Instance(box=box, label="product", score=1.0, mask=mask)

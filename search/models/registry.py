@@ -1,0 +1,73 @@
+"""One registry per model family, keyed by name. Every backend can be built without weights."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from search.config import ModelSettings
+from search.errors import InvalidInput
+from search.models.base import Embedder, Segmenter
+from search.models.device import resolve_device
+
+EmbedderFactory = Callable[[str, ModelSettings, bool], Embedder]
+SegmenterFactory = Callable[[str, ModelSettings, bool], Segmenter]
+F = TypeVar("F")
+
+
+def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
+    from search.models.efficientnet import EfficientNetLiteEmbedder
+
+    match = re.fullmatch(r"efficientnet-lite([0-4])", name)
+    if match is None:
+        raise InvalidInput(f"unknown EfficientNet-Lite variant {name!r}")
+    return EfficientNetLiteEmbedder(
+        int(match.group(1)),
+        pretrained=pretrained,
+        threads=settings.threads,
+        device=resolve_device(settings.device),
+    )
+
+
+def _lite(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
+    from search.coco import FURNITURE_CLASSES
+    from search.models.lite import LiteSegmenter
+    from search.models.nanodet import NanoDetDetector
+    from search.models.u2net import U2NetMasker
+
+    detector = NanoDetDetector(
+        settings.models_dir / "nanodet-m-416.onnx",
+        score_threshold=settings.detector_score,
+        classes=FURNITURE_CLASSES if settings.detector_classes == "furniture" else None,
+        threads=settings.threads,
+    )
+    masker = U2NetMasker(threads=settings.threads)
+    return LiteSegmenter(detector, masker, max_instances=settings.max_instances)
+
+
+EMBEDDERS: dict[str, EmbedderFactory] = {f"efficientnet-lite{v}": _efficientnet for v in range(5)}
+SEGMENTERS: dict[str, SegmenterFactory] = {"lite": _lite}
+
+
+def build_embedder(settings: ModelSettings, *, pretrained: bool = True) -> Embedder:
+    """The embedder named by `settings.embedder`."""
+    return _lookup(EMBEDDERS, settings.embedder, "embedder")(
+        settings.embedder, settings, pretrained
+    )
+
+
+def build_segmenter(settings: ModelSettings, *, pretrained: bool = True) -> Segmenter:
+    """The segmenter named by `settings.segmenter`."""
+    return _lookup(SEGMENTERS, settings.segmenter, "segmenter")(
+        settings.segmenter, settings, pretrained
+    )
+
+
+def _lookup(table: dict[str, F], name: str, family: str) -> F:
+    try:
+        return table[name]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown {family} {name!r}; choose one of: {', '.join(sorted(table))}"
+        ) from None
