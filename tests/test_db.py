@@ -12,6 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, delete, func, inspect, select
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,17 @@ from search.db import (
     migrate,
 )
 
-TABLES = {"products", "product_images", "instances", "index_builds", "counters"}
+TABLES = {
+    "products",
+    "product_images",
+    "instances",
+    "index_builds",
+    "counters",
+    "index_runs",
+    "api_keys",
+    "search_log",
+}
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def table_names(url: str) -> set[str]:
@@ -52,7 +63,7 @@ def test_upgrade_creates_the_tables(blank_db_url: str) -> None:
     assert not table_names(blank_db_url) & TABLES
     migrate(blank_db_url)
     assert TABLES | {"alembic_version"} <= table_names(blank_db_url)
-    assert revision(blank_db_url) == "0001"
+    assert revision(blank_db_url) == HEAD
 
 
 def test_migration_matches_the_models(engine: Engine) -> None:
@@ -66,12 +77,20 @@ def test_downgrade_drops_the_tables_and_upgrade_again(db_url: str) -> None:
     assert revision(db_url) is None
     migrate(db_url)
     assert table_names(db_url) >= TABLES
+    assert revision(db_url) == HEAD
+
+
+def test_each_revision_downgrades_one_step(db_url: str) -> None:
+    command.downgrade(alembic_config(db_url), "0001")
     assert revision(db_url) == "0001"
+    assert not table_names(db_url) & {"index_runs", "api_keys", "search_log"}
+    migrate(db_url)
+    assert revision(db_url) == HEAD and table_names(db_url) >= TABLES
 
 
 def test_migrate_twice_is_a_no_op(db_url: str) -> None:
     migrate(db_url)
-    assert revision(db_url) == "0001"
+    assert revision(db_url) == HEAD
 
 
 def test_url_from_x_argument(tmp_path: Path) -> None:
