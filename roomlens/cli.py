@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -12,6 +13,9 @@ from search.config import Settings
 from search.errors import RoomlensError
 
 log = logging.getLogger("roomlens")
+
+# Subcommand groups that live in their own modules, each with `register(subparsers)`.
+PLUGINS = ("roomlens.cli_models",)
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command failed; nothing was changed that the next run cannot finish
@@ -58,8 +62,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from search.images import read_image_file
     from search.service import SearchOptions
 
-    state = build_state(settings)
     image = read_image_file(args.photo, max_pixels=settings.api.max_pixels)
+    state = build_state(settings)
     result = state.service.search(image, SearchOptions(k=args.k))
     if args.json:
         from api.routes.search import to_response
@@ -75,6 +79,27 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             print(f"    {hit.score:.3f}  {hit.sku}  {hit.title}  ({hit.category})")
     timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
     print(f"\n{timings}")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from search.evaluation.command import EvalOptions, eval_command
+    from search.evaluation.report import gain_line, summary_lines, table
+    from search.evaluation.runner import WHOLE
+
+    options = EvalOptions(
+        baselines=not args.no_baselines, limit=args.limit, progress=not args.no_progress
+    )
+    run = eval_command(args.queries, args.out, settings=settings, options=options)
+    print(table(run.metrics))
+    print()
+    for line in summary_lines(run.metrics):
+        print(line)
+    gain = gain_line(run.metrics, WHOLE)
+    if gain:
+        print(gain)
+    print(f"\n{run.meta['photos']} photos in {run.meta['seconds']} s; reports: ", end="")
+    print(", ".join(str(f) for f in run.files))
     return EXIT_OK
 
 
@@ -103,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="products per instance")
     p.add_argument("--json", action="store_true", help="print the API's JSON response")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="measure retrieval quality on photos with known products")
+    p.add_argument("--queries", type=Path, required=True, help="JSONL: image, expected SKUs")
+    p.add_argument("--out", type=Path, default=Path("eval-report"), help="report folder")
+    p.add_argument("--limit", type=int, default=None, help="only the first N photos")
+    p.add_argument("--no-baselines", action="store_true", help="skip whole-photo/box baselines")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    for module in PLUGINS:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -47,7 +47,9 @@ class ModelSettings(BaseModel):
         None, description="'DEFAULT' (torchvision download) or a local .pth; None = random"
     )
     detectron2_config: str = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
-    detectron2_weights: str | None = None
+    detectron2_weights: str | None = Field(
+        None, description="'DEFAULT' (model zoo download) or a local .pkl/.pth; None = random"
+    )
 
     @model_validator(mode="after")
     def _apply_profile(self) -> ModelSettings:

