@@ -1,119 +1,77 @@
-"""The indexer: a staged pipeline (read, decode, segment, crop, embed, write, publish).
+"""The indexer: a staged pipeline (feed, load, analyse, write, publish), one run at a time.
 
-Incremental and resumable: each batch of images commits its instances and vectors to the
-database, which is the source of truth; an index version is derived from the database at the
-end and published atomically beside the live one. A run killed at any point loses at most
-the batch in flight, and the next run picks up where it stopped.
+The database is the source of truth. Each batch of images commits its instances with their
+vectors, the images' content hash and stamp, and the run's progress in one transaction; the
+index version is derived from the database at the end and published atomically beside the
+live one (`indexer.publish`). Instances an image had before are retired, not deleted, so the
+version being served keeps resolving until the switch. A run killed at any moment loses at
+most the batch in flight: the next run skips what was committed (same stamp or content hash,
+instances current for the embedder) and ends in the state a clean run gives.
+
+Work is keyed by image content and embedder identity: an image is processed again when its
+bytes change (stamp, then sha256), when its instances come from another embedder, when it
+failed before, or with `--full`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
-import numpy as np
-from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
-from tqdm import tqdm
 
+from indexer import runs
+from indexer.engines import Batching, ImageEngine, LocalEngine
+from indexer.fetch import Fetcher, FetchPolicy
 from indexer.lock import run_lock
-from indexer.sources import FeedLineError, parse_feed
+from indexer.publish import PublishTarget, publish
+from indexer.report import EXIT_CODES, IndexReport, Progress, RunStatus
+from indexer.sources import parse_feed
+from indexer.stages import ImageJob, ImageResult, IndexModels, StageConfig
 from search import catalog
 from search.config import Settings
-from search.crops import crop_instance
 from search.db import make_engine, make_session_factory
-from search.errors import RoomlensError
-from search.images import decode_image
-from search.index import (
-    FaissIndex,
-    IndexMeta,
-    choose_factory,
-    new_version_id,
-    publish_current,
-    save_index,
-    utc_now_iso,
-    version_dir,
-)
-from search.masks import encode_rle
-from search.models.base import Embedder, Segmenter
+from search.models.base import Embedder
 from search.models.registry import build_embedder, build_segmenter
 from search.timing import Timer
-from search.types import Instance
+
+__all__ = [
+    "EXIT_CODES",
+    "IndexModels",
+    "IndexOptions",
+    "IndexReport",
+    "publish_index",
+    "reindex_products",
+    "run_index",
+]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IndexOptions:
-    full: bool = False
+    full: bool = False  # process every image again (an interrupted --full run is resumed)
     progress: bool = True
     limit: int | None = None  # index only the first N products of the feed
-    batch_size: int | None = None  # default: settings.index.batch_size
-    read_workers: int = 2
-
-
-@dataclass(frozen=True)
-class IndexModels:
-    segmenter: Segmenter
-    embedder: Embedder
-
-
-@dataclass
-class IndexReport:
-    feed_errors: list[FeedLineError] = field(default_factory=list)
-    products: catalog.UpsertCounts = field(default_factory=catalog.UpsertCounts)
-    removed_products: int = 0
-    images_processed: int = 0
-    images_unchanged: int = 0
-    image_failures: list[tuple[str, str]] = field(default_factory=list)  # (sku, reason)
-    instances: int = 0
-    version: str | None = None
-    vector_count: int = 0
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-
-    @property
-    def failures(self) -> int:
-        return len(self.feed_errors) + len(self.image_failures)
-
-    def images_per_second(self) -> float:
-        return self.images_processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def summary(self) -> str:
-        lines = [
-            f"products: {self.products.inserted} new, {self.products.updated} changed, "
-            f"{self.products.unchanged} unchanged, {self.removed_products} removed",
-            f"images: {self.images_processed} processed, {self.images_unchanged} unchanged, "
-            f"{len(self.image_failures)} failed; {self.instances} instances",
-            f"index version {self.version}: {self.vector_count} vectors",
-            f"time: {self.elapsed_s:.1f} s ({self.images_per_second():.2f} images/s); "
-            + ", ".join(f"{k} {v / 1000:.1f} s" for k, v in self.timings_ms.items()),
-        ]
-        lines += [f"feed line {e.line}: {e.reason}" for e in self.feed_errors[:20]]
-        lines += [f"image of {sku}: {reason}" for sku, reason in self.image_failures[:20]]
-        if self.failures > 40:
-            lines.append(f"... {self.failures - 40} more failures")
-        return "\n".join(lines)
-
-
-@dataclass
-class _Work:
-    """One image travelling through the stages."""
-
-    image_id: int
-    sku: str
-    path: str
-    old_hash: str | None
-    data: bytes | None = None
-    content_hash: str | None = None
-    image: Image.Image | None = None
-    error: str | None = None
-    instances: list[catalog.NewInstance] = field(default_factory=list)
+    batch_size: int | None = None  # images per write transaction; default settings.index's
+    read_workers: int = 4  # threads reading, hashing and decoding images
+    # Threads running the models, on `model_batch` images at a time. None: one per core with
+    # one intra-op thread each when the run builds its models, else 1 (given models keep
+    # the threads they were built with).
+    model_workers: int | None = None
+    model_batch: int = 4
+    keep_versions: int = 2  # index version folders kept after publishing
+    max_removed_fraction: float = 0.5  # refuse to remove a larger share of the catalog
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None: start a local Ray (engine "ray")
+    ray_actors: int = 1  # model actors on the Ray cluster
+    ray_cpus_per_actor: float = 1.0
 
 
 def run_index(
@@ -123,241 +81,296 @@ def run_index(
     options: IndexOptions | None = None,
     models: IndexModels | None = None,
 ) -> IndexReport:
-    """Bring the database and the index up to date with `feed`; publish a new index version."""
+    """Bring the database and the index up to date with `feed` and publish the result.
+
+    Raises `IndexerBusy` when another run holds the lock; any other error is recorded in the
+    run history (status "failed", or "interrupted" for KeyboardInterrupt) and re-raised.
+    """
+    return _execute(_Scope(str(feed), feed=Path(feed)), settings, options, models)
+
+
+def reindex_products(
+    skus: Sequence[str],
+    *,
+    settings: Settings,
+    options: IndexOptions | None = None,
+    models: IndexModels | None = None,
+) -> IndexReport:
+    """Segment and embed these products' images again now, whatever their state, and publish
+    a new index version: one run in the history (feed "products: ..."), under the lock."""
+    label = "products: " + ", ".join(skus[:10]) + (" ..." if len(skus) > 10 else "")
+    return _execute(_Scope(label, skus=tuple(skus)), settings, options, models)
+
+
+def publish_index(
+    *,
+    settings: Settings,
+    options: IndexOptions | None = None,
+    models: IndexModels | None = None,
+) -> IndexReport:
+    """Publish a version from the stored vectors now (e.g. after products were deleted):
+    no image is read; one run in the history (feed "publish"), under the lock."""
+    return _execute(_Scope("publish", skus=()), settings, options, models)
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What a run covers: a feed to sync first, and every image or only some products'."""
+
+    label: str  # index_runs.feed
+    feed: Path | None = None
+    skus: tuple[str, ...] | None = None  # None: every image; else these, processed again
+
+
+def _execute(
+    scope: _Scope,
+    settings: Settings,
+    options: IndexOptions | None,
+    models: IndexModels | None,
+) -> IndexReport:
     options = options or IndexOptions()
-    started = time.perf_counter()
-    report = IndexReport()
-    timer = Timer()
-    with run_lock(settings.index.dir / "indexer.lock"):
-        engine = make_engine(settings.database_url)
-        try:
-            sessions = make_session_factory(engine)
-            with timer.stage("feed"):
-                _sync_catalog(feed, sessions, options, report)
-            models = models or IndexModels(
-                build_segmenter(settings.models), build_embedder(settings.models)
-            )
-            runner = _Runner(settings, options, models, sessions, timer, report)
-            runner.process_images()
-            with timer.stage("publish"):
-                runner.publish()
-        finally:
-            engine.dispose()
-    report.timings_ms = timer.ms
-    report.elapsed_s = time.perf_counter() - started
-    log.info("index run done in %.1f s", report.elapsed_s)
-    return report
+    engine = make_engine(settings.database_url)
+    try:
+        with run_lock(settings.index.dir / "indexer.lock", engine):
+            run = _Run(scope, settings, options, make_session_factory(engine))
+            return run.execute(models)
+    finally:
+        engine.dispose()
 
 
-def _sync_catalog(
-    feed: Path, sessions: sessionmaker[Session], options: IndexOptions, report: IndexReport
-) -> None:
-    parsed = parse_feed(feed)
-    report.feed_errors = parsed.errors
-    for err in parsed.errors:
-        log.warning("%s line %d: %s", feed, err.line, err.reason)
-    items = parsed.items[: options.limit] if options.limit is not None else parsed.items
-    with sessions() as session, session.begin():
-        report.products = catalog.upsert_products(session=session, items=items)
-        if parsed.errors:
-            # A line that failed to parse may be a product that still exists: keep everything.
-            log.warning("feed has %d bad lines: no product is removed", len(parsed.errors))
-        else:
-            skus = [item.sku for item in items]
-            removed = catalog.remove_products_not_in(session=session, skus=skus, allow_empty=True)
-            report.removed_products = len(removed)
-        if options.full:
-            catalog.reset_images(session=session)
+class _Run:
+    """One run: its history row, its timers and its report."""
 
-
-class _Runner:
     def __init__(
         self,
+        scope: _Scope,
         settings: Settings,
         options: IndexOptions,
-        models: IndexModels,
         sessions: sessionmaker[Session],
-        timer: Timer,
-        report: IndexReport,
     ) -> None:
+        self.scope = scope
         self.settings = settings
         self.options = options
-        self.models = models
         self.sessions = sessions
-        self.timer = timer
-        self.report = report
-        self.batch_size = options.batch_size or settings.index.batch_size
+        self.timer = Timer()
+        self.report = IndexReport()
+        self.own_models = False
+        self.started = time.perf_counter()
+        with sessions() as session, session.begin():
+            self.resume_full = options.full and runs.should_resume_full(session=session)
+            row = runs.start_run(session=session, feed=scope.label, full=options.full)
+            self.run_id = row.id
+        self.report.run_id = self.run_id
+        log.info("index run %d started: %s", self.run_id, scope.label)
 
-    def process_images(self) -> None:
-        embedder = self.models.embedder.name
-        with self.sessions() as session:
-            todo = [
-                _Work(img.id, img.product.sku, img.resolved, img.content_hash)
-                for img in catalog.images_to_process(
-                    session=session, embedder=embedder, retry_failed=True
+    def execute(self, models: IndexModels | None) -> IndexReport:
+        try:
+            if self.scope.feed is not None:
+                with self.timer.stage("feed"):
+                    self._sync_catalog(self.scope.feed)
+            with self.timer.stage("models"):
+                models, embedder = self._models(models)
+            if self.scope.skus != ():  # () is publish only
+                self._process_images(embedder, self._engine(models))
+            with self.timer.stage("publish"):
+                self._publish(embedder)
+        except KeyboardInterrupt:
+            self._end("interrupted", "interrupted (signal)")
+            raise
+        except BaseException as exc:
+            self._end("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self._end("partial" if self.report.problems.any else "succeeded")
+        return self.report
+
+    # --- feed --------------------------------------------------------------------------------
+
+    def _sync_catalog(self, feed: Path) -> None:
+        parsed = parse_feed(feed)
+        failures = self.report.problems
+        for err in parsed.errors:
+            log.warning("%s line %d: %s", feed, err.line, err.reason)
+            failures.add_feed(err.line, err.reason)
+        limit = self.options.limit
+        items = parsed.items[:limit] if limit is not None else parsed.items
+        with self.sessions() as session, session.begin():
+            self.report.products = catalog.upsert_products(session=session, items=items)
+            self._remove_missing(session, [item.sku for item in items], len(parsed.errors))
+            if self.options.full and not self.resume_full:
+                catalog.reset_images(session=session)
+                runs.update_progress(
+                    session=session,
+                    run_id=self.run_id,
+                    progress={runs.FULL_RESET: True},
+                    counts=self.report.counts(),
                 )
-            ]
-        log.info("%d images to process", len(todo))
-        bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not self.options.progress)
-        with ThreadPoolExecutor(self.options.read_workers) as pool:
-            for batch in _batches(todo, self.batch_size):
-                loaded = list(pool.map(_read_and_decode, batch))
-                self._process_batch(loaded)
-                bar.update(len(batch))
-        bar.close()
+        if self.resume_full:
+            log.info("resuming the interrupted --full run: images it redid are kept")
 
-    def _process_batch(self, batch: list[_Work]) -> None:
-        for work in batch:
-            self.timer.add("read+decode", work.__dict__.pop("_ms", 0.0))
-        ready = [w for w in batch if w.error is None]
-        self._segment_and_embed(ready)
-        with self.timer.stage("write"), self.sessions() as session, session.begin():
-            self._write(session, batch)
-
-    def _segment_and_embed(self, batch: list[_Work]) -> None:
-        crops: list[Image.Image] = []
-        owners: list[tuple[_Work, int]] = []
-        for work in batch:
-            assert work.image is not None
-            try:
-                with self.timer.stage("segment"):
-                    instances = self.models.segmenter.segment_product(work.image)
-                with self.timer.stage("crop"):
-                    for inst in instances:
-                        crops.append(self._crop(work.image, inst))
-                        work.instances.append(_new_instance(inst, self.models.embedder.name))
-                        owners.append((work, len(work.instances) - 1))
-            except (RoomlensError, ValueError) as exc:
-                work.error = f"segmentation failed: {exc}"
-                work.instances.clear()
-        if not crops:
+    def _remove_missing(self, session: Session, skus: list[str], bad_lines: int) -> None:
+        """Remove the products the feed no longer has, unless that looks like a broken feed."""
+        notes = self.report.problems.notes
+        missing = catalog.skus_not_in(session=session, skus=skus)
+        if not missing:
             return
-        with self.timer.stage("embed"):
-            vectors = self.models.embedder.embed(crops)
-        for (work, i), vector in zip(owners, vectors, strict=True):
-            if work.error is None:
-                work.instances[i] = _with_vector(work.instances[i], vector)
-
-    def _crop(self, image: Image.Image, inst: Instance) -> Image.Image:
-        models = self.settings.models
-        return crop_instance(image, inst, margin=models.crop_margin, mode=models.crop_mode)
-
-    def _write(self, session: Session, batch: list[_Work]) -> None:
-        new = [w for w in batch if w.error is None and w.instances]
-        ids = iter(catalog.next_vector_ids(session=session, n=sum(len(w.instances) for w in new)))
-        for work in batch:
-            if work.error is not None:
-                self.report.image_failures.append((work.sku, work.error))
-                catalog.set_image_result(
-                    session=session, image_id=work.image_id, status="failed", error=work.error
-                )
-                continue
-            rows = [_with_id(inst, next(ids)) for inst in work.instances]
-            catalog.replace_instances(session=session, image_id=work.image_id, instances=rows)
-            width, height = work.image.size if work.image is not None else (None, None)
-            catalog.set_image_result(
-                session=session,
-                image_id=work.image_id,
-                status="ok" if rows else "no_instance",
-                content_hash=work.content_hash,
-                width=width,
-                height=height,
+        if bad_lines:
+            # A line that failed to parse may be a product that still exists: keep everything.
+            notes.append(
+                f"feed has {bad_lines} bad lines: {len(missing)} products missing from it were kept"
             )
-            self.report.images_processed += 1
-            self.report.instances += len(rows)
-
-    def publish(self) -> None:
-        """Build a new index version from every stored vector and make it the live one."""
-        embedder = self.models.embedder
-        version = new_version_id()
-        with self.sessions() as session, session.begin():
-            catalog.fail_running_builds(session=session)
-            total = catalog.catalog_counts(session=session).vectors
-            factory = choose_factory(total, embedder.dim)
-            build = catalog.start_build(
-                session=session,
-                version=version,
-                embedder=embedder.name,
-                dim=embedder.dim,
-                factory=factory,
+            return
+        stored = self.report.products.total + len(missing) - self.report.products.inserted
+        if len(missing) > self.options.max_removed_fraction * stored:
+            notes.append(
+                f"the feed lacks {len(missing)} of {stored} products, more than "
+                f"{self.options.max_removed_fraction:.0%}: none removed (a truncated feed?); "
+                "pass --max-removed-fraction 1 to remove them"
             )
-            build_id = build.id
-        index = FaissIndex.create(embedder.dim, factory)
-        with self.sessions() as session:
-            for ids, vectors in catalog.iter_vectors(
-                session=session, embedder=embedder.name, dim=embedder.dim
-            ):
-                index.add(ids, vectors)
-        indexed_at = utc_now_iso()
-        meta = IndexMeta(
-            embedder=embedder.name,
-            dim=embedder.dim,
-            metric="ip",
-            count=index.ntotal,
-            factory=factory,
-            version=version,
-            indexed_at=indexed_at,
+            return
+        catalog.remove_products(session=session, skus=missing)
+        self.report.removed_products = len(missing)
+
+    # --- images ------------------------------------------------------------------------------
+
+    def _models(self, models: IndexModels | None) -> tuple[IndexModels | None, Embedder]:
+        """The models this process runs (built unless given), and the embedder whose name
+        keys the vectors. The Ray engine's workers build their own; publishing needs none."""
+        local = self.options.engine == "local" and self.scope.skus != ()
+        if models is None and local:
+            settings = self.settings.models
+            if self._model_workers(given=False) > 1:
+                settings = settings.model_copy(update={"threads": 1})
+            models = IndexModels(build_segmenter(settings), build_embedder(settings))
+            self.own_models = True
+        embedder = models.embedder if models else build_embedder(self.settings.models)
+        return models, embedder
+
+    def _model_workers(self, *, given: bool) -> int:
+        if self.options.model_workers is not None:
+            return self.options.model_workers
+        return 1 if given else max(1, os.cpu_count() or 1)
+
+    def _engine(self, models: IndexModels | None) -> ImageEngine:
+        config = StageConfig.from_settings(self.settings)
+        batching = Batching(
+            size=self.options.batch_size or self.settings.index.batch_size,
+            model_batch=self.options.model_batch,
+            model_workers=self._model_workers(given=not self.own_models),
+            read_workers=self.options.read_workers,
         )
-        root = self.settings.index.dir
-        save_index(index, version_dir(root, version), meta)
-        with self.sessions() as session, session.begin():
-            catalog.finish_build(
-                session=session,
-                build_id=build_id,
-                vector_count=index.ntotal,
-                counts=self._counts(),
-            )
-        publish_current(root, version)
-        self.report.version = version
-        self.report.vector_count = index.ntotal
+        if self.options.engine == "ray":
+            from indexer.engine_ray import RayEngine
 
-    def _counts(self) -> dict[str, int]:
-        r = self.report
-        return {
-            "images_processed": r.images_processed,
-            "images_failed": len(r.image_failures),
-            "feed_errors": len(r.feed_errors),
-            "instances": r.instances,
-            "removed_products": r.removed_products,
-        }
+            return RayEngine(self.settings.models, config, self.options, batching)
+        assert models is not None
+        return LocalEngine(models, config, Fetcher(self.options.fetch), batching)
 
+    def _process_images(self, embedder: Embedder, engine: ImageEngine) -> None:
+        with self.sessions() as session:
+            total = sum(catalog.catalog_counts(session=session).images.values())
+        self.report.images_total = total
+        progress = Progress(total, self.options.progress, full=self.options.full)
+        start = time.perf_counter()
+        try:
+            for batch in engine.results(self._jobs(embedder.name)):
+                for result in batch:
+                    for stage, ms in result.timings_ms.items():
+                        self.timer.add(stage, ms)
+                with self.timer.stage("write"), self.sessions() as session, session.begin():
+                    self._write(session, batch)
+                    progress.update(batch, self.report)
+                    runs.update_progress(
+                        session=session,
+                        run_id=self.run_id,
+                        progress=progress.snapshot(self.report),
+                        counts=self.report.counts(),
+                    )
+        finally:
+            progress.close()
+            self.report.images_s = time.perf_counter() - start
 
-def _batches(items: Sequence[_Work], size: int) -> Iterator[list[_Work]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+    def _jobs(self, embedder: str) -> Iterator[ImageJob]:
+        """Every catalog image, in id order, read page by page (a short session each); or,
+        for a run over some products, their images, to be processed whatever their state."""
+        if self.scope.skus is not None:
+            with self.sessions() as session:
+                products = catalog.get_products(session=session, skus=self.scope.skus)
+                images = [(p.sku, image) for p in products for image in p.images]
+            for sku, im in images:
+                yield ImageJob(im.id, sku, im.resolved, im.content_hash, im.source_stamp, True)
+            return
+        after = 0
+        while True:
+            with self.sessions() as session:
+                page = catalog.scan_images(session=session, embedder=embedder, after_id=after)
+            if not page:
+                return
+            for state in page:
+                yield ImageJob.from_state(state)
+            after = page[-1].image_id
 
+    def _write(self, session: Session, batch: list[ImageResult]) -> None:
+        report = self.report
+        found = [r for r in batch if r.outcome == "ok"]
+        ids = iter(catalog.next_vector_ids(session=session, n=sum(len(r.instances) for r in found)))
+        for r in batch:
+            if r.outcome == "unchanged":
+                report.images_unchanged += 1
+                if r.stamp != r.job.stamp or r.content_hash != r.job.content_hash:
+                    catalog.update_image_source(
+                        session=session,
+                        image_id=r.job.image_id,
+                        source_stamp=r.stamp,
+                        content_hash=r.content_hash,
+                    )
+            elif r.outcome == "failed":
+                reason = r.error or "failed"
+                report.problems.add_image(r.job.sku, r.job.ref, reason)
+                catalog.set_image_result(
+                    session=session, image_id=r.job.image_id, status="failed", error=reason
+                )
+            else:
+                rows = [replace(inst, vector_id=next(ids)) for inst in r.instances]
+                catalog.replace_instances(
+                    session=session, image_id=r.job.image_id, instances=rows, retire_run=self.run_id
+                )
+                catalog.set_image_result(
+                    session=session,
+                    image_id=r.job.image_id,
+                    status="ok" if rows else "no_instance",
+                    content_hash=r.content_hash,
+                    source_stamp=r.stamp,
+                    width=r.width,
+                    height=r.height,
+                )
+                report.images_processed += 1
+                report.instances += len(rows)
 
-def _read_and_decode(work: _Work) -> _Work:
-    """Read stage (runs in a worker thread): bytes, content hash and the decoded image."""
-    start = time.perf_counter()
-    try:
-        work.data = Path(work.path).read_bytes()
-        work.content_hash = hashlib.sha256(work.data).hexdigest()
-        work.image = decode_image(work.data)
-    except OSError as exc:
-        work.error = f"cannot read {work.path}: {exc.strerror or exc}"
-    except RoomlensError as exc:
-        work.error = str(exc)
-    finally:
-        work.data = None
-        work.__dict__["_ms"] = (time.perf_counter() - start) * 1000.0
-    return work
+    # --- publish and history -----------------------------------------------------------------
 
+    def _publish(self, embedder: Embedder) -> None:
+        target = PublishTarget(self.settings.index.dir, self.run_id, self.options.keep_versions)
+        published = publish(self.sessions, embedder, target)
+        self.report.version = published.version
+        self.report.vector_count = published.vector_count
+        self.report.new_version = published.new
 
-def _new_instance(inst: Instance, embedder: str) -> catalog.NewInstance:
-    return catalog.NewInstance(
-        label=inst.label,
-        score=inst.score,
-        box=inst.box,
-        mask_rle=encode_rle(inst.mask),
-        mask_area=inst.mask_area,
-        embedder=embedder,
-    )
-
-
-def _with_vector(inst: catalog.NewInstance, vector: np.ndarray) -> catalog.NewInstance:
-    return replace(inst, vector=np.ascontiguousarray(vector, dtype=np.float32).tobytes())
-
-
-def _with_id(inst: catalog.NewInstance, vector_id: int) -> catalog.NewInstance:
-    return replace(inst, vector_id=vector_id)
+    def _end(self, status: RunStatus, error: str | None = None) -> None:
+        report = self.report
+        report.status = status
+        report.timings_ms = dict(self.timer.ms)
+        report.elapsed_s = time.perf_counter() - self.started
+        end = runs.RunEnd(
+            status=status,
+            counts=report.counts(),
+            failures=report.problems.to_json(),
+            timings_ms=report.timings_ms,
+            version=report.version,
+            error=error,
+        )
+        try:
+            with self.sessions() as session, session.begin():
+                runs.finish_run(session=session, run_id=self.run_id, end=end)
+        except Exception:  # the database may be what failed; the run stays "running"
+            log.exception("could not record the end of run %d", self.run_id)
+        log.info("index run %d %s in %.1f s", self.run_id, status, report.elapsed_s)

@@ -7,12 +7,19 @@ in chunks, so a catalog of any size stays under the databases' bound-parameter l
 The incremental indexer's loop, in short::
 
     upsert_products(session=s, items=feed.items)           # new/changed images -> "pending"
-    freed = remove_products_not_in(session=s, skus=...)     # drop these ids from the index
-    for image in images_to_process(session=s, embedder=name):
-        old = image_vector_ids(session=s, image_ids=[image.id])   # drop from the index too
-        ids = next_vector_ids(session=s, n=len(found))      # commit before using them
-        replace_instances(session=s, image_id=image.id, instances=[...])
-        set_image_result(session=s, image_id=image.id, status="ok", content_hash=...)
+    remove_products(session=s, skus=skus_not_in(session=s, skus=feed.skus))
+    for state in scan_images(session=s, embedder=name):    # every image, in pages
+        # unchanged (same stamp or content hash, instances current): update_image_source
+        ids = next_vector_ids(session=s, n=len(found))
+        replace_instances(session=s, image_id=..., instances=[...], retire_run=run_id)
+        set_image_result(session=s, image_id=..., status="ok", content_hash=...)
+    # build the next index version from iter_vectors(...), publish it, then
+    purge_retired(session=s, before_run=run_id)
+
+Instances replaced by a run are *retired* (`InstanceRow.retired_in_run`), not deleted: they
+are left out of new index versions (`iter_vectors`, `vector_ids`, `catalog_counts`) but still
+resolve through `products_for_vector_ids`, so the version a server still serves keeps
+answering until a later run purges them.
 """
 
 from __future__ import annotations
@@ -54,9 +61,15 @@ __all__ = [
     "finish_build",
     "get_build",
     "get_product",
+    "ImageState",
     "get_products",
     "image_vector_ids",
     "images_to_process",
+    "purge_retired",
+    "scan_images",
+    "skus_not_in",
+    "update_image_source",
+    "vector_stats",
     "latest_committed_build",
     "next_vector_ids",
     "products_for_vector_ids",
@@ -150,8 +163,22 @@ class NewInstance:
 class CatalogCounts:
     products: int
     images: dict[str, int] = field(default_factory=dict)  # by status
-    instances: int = 0
-    vectors: int = 0  # instances with a vector id
+    instances: int = 0  # active (not retired) instances
+    vectors: int = 0  # active instances with a vector id
+    retired: int = 0  # instances replaced by a run, waiting to be purged
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """What the indexer needs to decide whether an image changed (see `scan_images`)."""
+
+    image_id: int
+    sku: str
+    resolved: str
+    status: str
+    content_hash: str | None
+    source_stamp: str | None
+    needs_processing: bool  # pending, failed, or instances missing/stale for the embedder
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
@@ -298,6 +325,12 @@ def remove_products_not_in(
     return _delete_products(session, [pid for pid, sku in rows if sku not in keep])
 
 
+def skus_not_in(*, session: Session, skus: Iterable[str]) -> list[str]:
+    """The skus of stored products that are not in `skus`, sorted."""
+    keep = set(skus)
+    return sorted(sku for sku in session.scalars(select(Product.sku)) if sku not in keep)
+
+
 def _delete_products(session: Session, product_ids: Sequence[int]) -> list[int]:
     """Delete explicitly child-first (not relying on the FK cascade being enabled)."""
     freed: list[int] = []
@@ -338,17 +371,55 @@ def images_to_process(
     return list(session.scalars(stmt))
 
 
+def _active() -> ColumnElement[bool]:
+    """Instances that belong to the catalog now (not retired by a run)."""
+    return InstanceRow.retired_in_run.is_(None)
+
+
 def _needs_processing(embedder: str | None, retry_failed: bool) -> ColumnElement[bool]:
+    """Pending images; failed ones if `retry_failed`; with `embedder`, "ok" images whose
+    active instances came from another embedder, lack a vector id, or are missing."""
     clauses: list[ColumnElement[bool]] = [ProductImage.status == "pending"]
     if retry_failed:
         clauses.append(ProductImage.status == "failed")
     if embedder is not None:
+        mine = (InstanceRow.image_id == ProductImage.id) & _active()
         stale = select(InstanceRow.id).where(
-            InstanceRow.image_id == ProductImage.id,
-            or_(InstanceRow.embedder != embedder, InstanceRow.vector_id.is_(None)),
+            mine, or_(InstanceRow.embedder != embedder, InstanceRow.vector_id.is_(None))
         )
-        clauses.append((ProductImage.status == "ok") & stale.exists())
+        current = select(InstanceRow.id).where(mine, InstanceRow.embedder == embedder)
+        clauses.append((ProductImage.status == "ok") & (stale.exists() | ~current.exists()))
     return or_(*clauses)
+
+
+def scan_images(
+    *, session: Session, embedder: str, after_id: int = 0, limit: int = CHUNK
+) -> list[ImageState]:
+    """One page of every catalog image, by id, with what decides whether to process it.
+
+    `needs_processing` is true for "pending" and "failed" images and for "ok" ones whose
+    instances are missing or stale for `embedder`; the others are processed only when their
+    content changed. Page with `after_id` (the last id seen).
+    """
+    stmt = (
+        select(
+            ProductImage.id,
+            Product.sku,
+            ProductImage.resolved,
+            ProductImage.status,
+            ProductImage.content_hash,
+            ProductImage.source_stamp,
+            _needs_processing(embedder, retry_failed=True).label("needs"),
+        )
+        .join(Product, ProductImage.product_id == Product.id)
+        .where(ProductImage.id > after_id)
+        .order_by(ProductImage.id)
+        .limit(limit)
+    )
+    return [
+        ImageState(int(r[0]), r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+        for r in session.execute(stmt)
+    ]
 
 
 def reset_images(*, session: Session) -> int:
@@ -366,18 +437,32 @@ def set_image_result(
     width: int | None = None,
     height: int | None = None,
     error: str | None = None,
+    source_stamp: str | None = None,
 ) -> ProductImage:
-    """Record the outcome of reading one image. Given hash/size overwrite; `error` always does."""
+    """Record the outcome of reading one image. Given hash/stamp/size overwrite; `error` always
+    does."""
     if status not in IMAGE_STATUSES:
         raise InvalidInput(f"image status must be one of {IMAGE_STATUSES}, not {status!r}")
     image = _image(session, image_id)
     image.status, image.error = status, error
     if content_hash is not None:
         image.content_hash = content_hash
+    if source_stamp is not None:
+        image.source_stamp = source_stamp
     if width is not None and height is not None:
         image.width, image.height = width, height
     session.flush()
     return image
+
+
+def update_image_source(
+    *, session: Session, image_id: int, source_stamp: str | None, content_hash: str | None
+) -> None:
+    """Record the stamp (and hash, when known) of an image found unchanged."""
+    values: dict[str, Any] = {"source_stamp": source_stamp}
+    if content_hash is not None:
+        values["content_hash"] = content_hash
+    session.execute(update(ProductImage).where(ProductImage.id == image_id).values(**values))
 
 
 def _image(session: Session, image_id: int) -> ProductImage:
@@ -388,10 +473,10 @@ def _image(session: Session, image_id: int) -> ProductImage:
 
 
 def image_vector_ids(*, session: Session, image_ids: Iterable[int]) -> list[int]:
-    """The vector ids the instances of these images hold (to drop before replacing them)."""
+    """The vector ids the active instances of these images hold."""
     freed: list[int] = []
     for chunk in _chunks(_unique(image_ids)):
-        freed.extend(_vector_ids_where(session, InstanceRow.image_id.in_(chunk)))
+        freed.extend(_vector_ids_where(session, InstanceRow.image_id.in_(chunk) & _active()))
     return sorted(freed)
 
 
@@ -401,15 +486,27 @@ def _vector_ids_where(session: Session, condition: ColumnElement[bool]) -> list[
 
 
 def replace_instances(
-    *, session: Session, image_id: int, instances: Sequence[NewInstance]
+    *,
+    session: Session,
+    image_id: int,
+    instances: Sequence[NewInstance],
+    retire_run: int | None = None,
 ) -> list[InstanceRow]:
     """Replace the instances of one image with `instances`; returns the new rows (ids set).
 
-    Raises `NotFound` for an unknown image. The vector ids the old rows held are gone from
-    the database afterwards: read them first with `image_vector_ids`.
+    Raises `NotFound` for an unknown image. Without `retire_run` the old rows are deleted;
+    with it (the id of the indexer run) they are retired instead: out of new index versions,
+    still resolvable by vector id until `purge_retired`.
     """
     image = _image(session, image_id)
-    session.execute(delete(InstanceRow).where(InstanceRow.image_id == image_id))
+    old = (InstanceRow.image_id == image_id) & _active()
+    if retire_run is None:
+        session.execute(delete(InstanceRow).where(old))
+    else:
+        session.execute(
+            update(InstanceRow).where(old).values(retired_in_run=retire_run),
+            execution_options={"synchronize_session": False},
+        )
     session.expire(image, ["instances"])
     rows = [_instance_row(image_id, inst) for inst in instances]
     session.add_all(rows)
@@ -481,7 +578,10 @@ def _seed_vector_counter(session: Session, n: int) -> int:
 def products_for_vector_ids(
     *, session: Session, vector_ids: Sequence[int]
 ) -> dict[int, tuple[InstanceRow, ProductImage, Product]]:
-    """Instance, image and product for each known vector id, in one query (search hot path)."""
+    """Instance, image and product for each known vector id, in one query (search hot path).
+
+    Retired instances are included: the index version being served may still return them.
+    """
     wanted = _unique(int(v) for v in vector_ids)
     if not wanted:
         return {}
@@ -501,7 +601,7 @@ def products_for_vector_ids(
 def iter_vectors(
     *, session: Session, embedder: str, dim: int, chunk: int = 10_000
 ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-    """Every stored vector of `embedder` as (ids, vectors) chunks, by ascending vector id."""
+    """Every active stored vector of `embedder` as (ids, vectors) chunks, by ascending id."""
     after = 0
     while True:
         stmt = (
@@ -510,6 +610,7 @@ def iter_vectors(
                 InstanceRow.embedder == embedder,
                 InstanceRow.vector_id > after,
                 InstanceRow.vector.is_not(None),
+                _active(),
             )
             .order_by(InstanceRow.vector_id)
             .limit(chunk)
@@ -523,12 +624,33 @@ def iter_vectors(
         after = int(ids[-1])
 
 
+def vector_stats(*, session: Session, embedder: str) -> tuple[int, int]:
+    """(count, largest id) of the active vectors of `embedder`; (0, 0) when there are none.
+
+    Ids are never reused and vectors never change under an id, so two equal stats taken at
+    different times mean the same set of vectors.
+    """
+    stmt = select(func.count(InstanceRow.vector_id), func.max(InstanceRow.vector_id)).where(
+        InstanceRow.embedder == embedder, InstanceRow.vector.is_not(None), _active()
+    )
+    count, top = session.execute(stmt).one()
+    return int(count or 0), int(top or 0)
+
+
 def vector_ids(*, session: Session, embedder: str | None = None) -> list[int]:
-    """Every vector id held by an instance (of one embedder if given), ascending."""
-    stmt = select(InstanceRow.vector_id).where(InstanceRow.vector_id.is_not(None))
+    """Every vector id held by an active instance (of one embedder if given), ascending."""
+    stmt = select(InstanceRow.vector_id).where(InstanceRow.vector_id.is_not(None), _active())
     if embedder is not None:
         stmt = stmt.where(InstanceRow.embedder == embedder)
     return [int(v) for v in session.scalars(stmt.order_by(InstanceRow.vector_id)) if v is not None]
+
+
+def purge_retired(*, session: Session, before_run: int) -> int:
+    """Delete the instances retired by runs before `before_run`; returns how many."""
+    stmt = delete(InstanceRow).where(
+        InstanceRow.retired_in_run.is_not(None), InstanceRow.retired_in_run < before_run
+    )
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount
 
 
 # --- index builds ----------------------------------------------------------------------------
@@ -605,9 +727,13 @@ def catalog_counts(*, session: Session) -> CatalogCounts:
     stmt = select(ProductImage.status, func.count()).group_by(ProductImage.status)
     for status, count in session.execute(stmt):
         by_status[status] = int(count)
+    active = select(func.count(), func.count(InstanceRow.vector_id)).where(_active())
+    instances, vectors = session.execute(active).one()
+    retired = select(func.count()).select_from(InstanceRow).where(~_active())
     return CatalogCounts(
         products=session.scalar(select(func.count()).select_from(Product)) or 0,
         images=by_status,
-        instances=session.scalar(select(func.count()).select_from(InstanceRow)) or 0,
-        vectors=session.scalar(select(func.count(InstanceRow.vector_id))) or 0,
+        instances=int(instances),
+        vectors=int(vectors),
+        retired=session.scalar(retired) or 0,
     )

@@ -148,6 +148,8 @@ class ProductImage(Base):
     source: Mapped[str] = mapped_column(Text)
     resolved: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Cheap change check before hashing: "file:SIZE:MTIME_NS", or an HTTP ETag/Last-Modified.
+    source_stamp: Mapped[str | None] = mapped_column(String(512))
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
@@ -190,6 +192,9 @@ class InstanceRow(Base):
     # The embedding itself (float32 bytes): the database is the source of truth and every
     # index version is derived from it, so a crashed run can never leave vectors orphaned.
     vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Set to the index run that replaced this instance: kept out of new index versions, but
+    # still resolving the vector ids of the version being served until a later run purges it.
+    retired_in_run: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     image: Mapped[ProductImage] = relationship(back_populates="instances")

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -53,13 +55,17 @@ SIDECAR_FORMAT = 1
 METRIC = "ip"
 BUILD_HINT = "run `roomlens index FEED.jsonl` to build one"
 
-#: Up to this many vectors an exact "Flat" index is used; beyond it "HNSW32,Flat".
+#: Up to this many vectors an exact "Flat" index is used; beyond it an IVF one (see
+#: `choose_factory`). HNSW stays available by naming its factory.
 FLAT_MAX_VECTORS = 300_000
 HNSW_FACTORY = "HNSW32,Flat"
+IVF_NPROBE = 32  # inverted lists visited per query (bench/ann_1m.py: recall@10 >= 0.95)
+IVF_TRAIN_PER_LIST = 40  # training vectors per inverted list (faiss warns below 39)
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_GENERATED_RE = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{6}$")  # what new_version_id makes
 
 
 # --------------------------------------------------------------------------- metadata
@@ -148,14 +154,28 @@ def choose_factory(n: int, dim: int) -> str:
     Up to `FLAT_MAX_VECTORS` (300k) vectors an exact brute-force "Flat" index is used: no
     training, exact results, deletions supported, and a query costs n*dim multiply-adds
     (300k x 1280 floats is ~1.5 GB and tens of ms per query on a few cores). Beyond that the
-    linear scan gets too slow for interactive search, so "HNSW32,Flat" is used: a graph index
-    over the raw (uncompressed) vectors with ~log(n) query cost and ~0.95-0.99 recall, that
-    still needs no training (unlike IVF), at the price of ~256 bytes of links per vector and
-    no native deletion (see `FaissIndex.remove`).
+    linear scan gets too slow, so "IVF{nlist},Flat" is used (nlist ~ sqrt(n), a power of 2):
+    k-means cells over the raw vectors, of which `IVF_NPROBE` are scanned per query. It needs
+    a training sample (`training_size`), supports deletion and costs no memory beyond the
+    vectors. HNSW ("HNSW32,Flat") answers faster but builds far slower on embeddings this
+    wide: 50k 1280-d vectors took ~4 minutes on 2 cores, so ~2 hours at 1M, too slow to
+    rebuild nightly (bench/ann_1m.py measures both).
     """
     if n < 0 or dim < 1:
         raise ValueError(f"choose_factory needs n >= 0 and dim >= 1, got n={n}, dim={dim}")
-    return "Flat" if n <= FLAT_MAX_VECTORS else HNSW_FACTORY
+    if n <= FLAT_MAX_VECTORS:
+        return "Flat"
+    nlist = 2 ** round(math.log2(math.sqrt(n)))
+    return f"IVF{min(max(nlist, 256), 65_536)},Flat"
+
+
+def training_size(factory: str, dim: int) -> int:
+    """How many sample vectors `FaissIndex.create` needs to train `factory` (0: none)."""
+    inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if inner.is_trained:
+        return 0
+    ivf = faiss.extract_index_ivf(inner)
+    return int(ivf.nlist) * IVF_TRAIN_PER_LIST
 
 
 def _build_faiss(dim: int, factory: str) -> Any:
@@ -168,8 +188,6 @@ def _build_faiss(dim: int, factory: str) -> Any:
         inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise ValueError(f"faiss cannot build factory {factory!r}: {exc}") from exc
-    if not inner.is_trained:
-        raise ValueError(f"factory {factory!r} needs training, which FaissIndex does not do")
     hnsw = _hnsw_of(inner)
     if hnsw is not None:
         hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -298,16 +316,31 @@ class FaissIndex:
         self.dim: int = int(index.d)
         self.factory = factory
         self.ef_search = ef_search
+        self.nprobe = IVF_NPROBE
         self._is_hnsw = _hnsw_of(index.index) is not None
+        self._is_ivf = faiss.try_extract_index_ivf(index.index) is not None
         self._gpu: Any | None = None
         self._gpu_resources: Any | None = None
         self._gpu_device = 0
         self._sorted_ids: IdArray | None = None
 
     @classmethod
-    def create(cls, dim: int, factory: str = "Flat") -> FaissIndex:
-        """A new empty index of `dim` dimensions (factory from `choose_factory`)."""
-        return cls(_build_faiss(dim, factory), factory)
+    def create(
+        cls, dim: int, factory: str = "Flat", *, train: npt.ArrayLike | None = None
+    ) -> FaissIndex:
+        """A new empty index of `dim` dimensions (factory from `choose_factory`).
+
+        A factory that needs training (IVF) is trained on `train`, a sample of the vectors
+        to come (`training_size` of them); ValueError without one.
+        """
+        index = _build_faiss(dim, factory)
+        if not index.is_trained:
+            if train is None:
+                raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
+            sample = as_vectors(train, dim, name="training vectors")
+            logger.info("training %s on %d vectors", factory, sample.shape[0])
+            index.train(sample)
+        return cls(index, factory)
 
     # ------------------------------------------------------------------ properties
 
@@ -422,6 +455,9 @@ class FaissIndex:
             ef = max(self.ef_search, k_eff)
             params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
             scores, ids = target.search(q, k_eff, params=params)
+        elif self._is_ivf and self._gpu is None:
+            ivf = faiss.SearchParametersIVF(nprobe=self.nprobe)  # type: ignore[call-arg]
+            scores, ids = target.search(q, k_eff, params=ivf)
         else:
             scores, ids = target.search(q, k_eff)
         return _pad_results(scores.astype(np.float32, copy=False), ids.astype(np.int64), k)
@@ -800,3 +836,36 @@ def load_current(
             raise IndexNotReady(f"no published index in {root}; {BUILD_HINT}")
         target = root
     return load_index(target, expected_embedder=expected_embedder, expected_dim=expected_dim)
+
+
+def prune_versions(root: Path, *, keep: int = 2) -> list[str]:
+    """Delete old version folders under `root`; returns the ids deleted, oldest first.
+
+    Keeps the `keep` newest complete versions and the published one whatever its age;
+    deletes the older complete ones, folders without a sidecar (a run that crashed while
+    writing) older than the newest complete version, and leftover temp files in `root`. A
+    server that loaded a deleted version keeps it in memory and moves on at the next switch.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    complete = list_versions(root)
+    protected = set(complete[-keep:]) | {current_version(root) or ""}
+    newest = complete[-1] if complete else ""
+    doomed = [
+        p
+        for p in sorted(root.iterdir())
+        if p.is_dir()
+        and _VERSION_RE.match(p.name)
+        and p.name not in protected
+        and (p.name in complete or (_GENERATED_RE.match(p.name) and p.name < newest))
+    ]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("deleted old index version %s", path.name)
+    for tmp in root.glob(f".{CURRENT_FILE}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return [p.name for p in doomed]

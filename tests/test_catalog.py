@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, event, func, select
+from sqlalchemy import Engine, delete, event, func, select, update
 from sqlalchemy.orm import Session
 
 from indexer.sources import FeedItem
@@ -384,6 +385,72 @@ def test_catalog_counts(three: Session) -> None:
     assert counts.products == 3
     assert counts.images == {"pending": 2, "ok": 1, "failed": 0, "no_instance": 0}
     assert (counts.instances, counts.vectors) == (3, 2)
+
+
+def test_replaced_instances_are_retired_until_purged(three: Session) -> None:
+    session = three
+    old = index_image(session, "A", n=2)
+    image = primary(session, "A")
+    new = catalog.next_vector_ids(session=session, n=1)
+    catalog.replace_instances(
+        session=session, image_id=image.id, instances=[new_instance(new[0])], retire_run=7
+    )
+    session.commit()
+    assert catalog.vector_ids(session=session) == new
+    assert catalog.image_vector_ids(session=session, image_ids=[image.id]) == new
+    resolved = catalog.products_for_vector_ids(session=session, vector_ids=old + new)
+    assert set(resolved) == {*old, *new}, "the version still served resolves retired ids"
+    counts = catalog.catalog_counts(session=session)
+    assert (counts.instances, counts.vectors, counts.retired) == (1, 1, 2)
+    assert catalog.purge_retired(session=session, before_run=7) == 0
+    assert catalog.purge_retired(session=session, before_run=8) == 2
+    assert catalog.catalog_counts(session=session).retired == 0
+    assert catalog.vector_stats(session=session, embedder="emb") == (0, 0)  # no vector bytes
+
+
+def test_scan_images_says_which_images_need_processing(three: Session) -> None:
+    session = three
+    index_image(session, "A", embedder="emb")
+    b = primary(session, "B")
+    catalog.set_image_result(session=session, image_id=b.id, status="failed", error="boom")
+    session.commit()
+    states = catalog.scan_images(session=session, embedder="emb")
+    assert [(s.sku, s.status, s.needs_processing) for s in states] == [
+        ("A", "ok", False),
+        ("B", "failed", True),
+        ("C", "pending", True),
+    ]
+    assert states[0].content_hash == "ab" and states[0].resolved == "/catalog/A.jpg"
+    assert catalog.scan_images(session=session, embedder="other")[0].needs_processing
+    # an "ok" image whose instances were all retired has nothing in the index: redo it
+    session.execute(update(InstanceRow).values(retired_in_run=1))
+    assert catalog.scan_images(session=session, embedder="emb")[0].needs_processing
+    page = catalog.scan_images(session=session, embedder="emb", after_id=states[0].image_id)
+    assert [s.sku for s in page] == ["B", "C"]
+    assert catalog.scan_images(session=session, embedder="emb", limit=1)[0].sku == "A"
+
+
+def test_update_image_source_and_skus_not_in(three: Session) -> None:
+    image = primary(three, "A")
+    catalog.update_image_source(
+        session=three, image_id=image.id, source_stamp="file:3:9", content_hash="cd"
+    )
+    catalog.update_image_source(
+        session=three, image_id=image.id, source_stamp="file:3:10", content_hash=None
+    )
+    three.commit()
+    three.expire_all()
+    image = primary(three, "A")
+    assert (image.source_stamp, image.content_hash) == ("file:3:10", "cd")
+    assert catalog.skus_not_in(session=three, skus=["B", "X"]) == ["A", "C"]
+
+
+def test_vector_stats_count_active_vectors_of_one_embedder(three: Session) -> None:
+    image = primary(three, "A")
+    rows = [replace(new_instance(vid), vector=b"\0" * 16) for vid in (3, 9)]
+    catalog.replace_instances(session=three, image_id=image.id, instances=rows)
+    assert catalog.vector_stats(session=three, embedder="emb") == (2, 9)
+    assert catalog.vector_stats(session=three, embedder="other") == (0, 0)
 
 
 def test_instance_rows_reference_their_image(three: Session) -> None:

@@ -82,7 +82,9 @@ def test_faiss_index_satisfies_protocol() -> None:
 def test_choose_factory() -> None:
     assert choose_factory(0, 512) == "Flat"
     assert choose_factory(300_000, 512) == "Flat"
-    assert choose_factory(300_001, 512) == "HNSW32,Flat"
+    assert choose_factory(300_001, 512) == "IVF512,Flat"
+    assert choose_factory(1_000_000, 1280) == "IVF1024,Flat"
+    assert choose_factory(10**9, 1280) == "IVF32768,Flat"
     with pytest.raises(ValueError):
         choose_factory(10, 0)
 
@@ -382,3 +384,42 @@ def test_crash_while_overwriting_in_place_never_mixes_files(
     monkeypatch.setattr(index_mod.os, "replace", real_replace)
     with pytest.raises(IndexNotReady):  # "not ready", never old sidecar + new vectors
         load_index(tmp_path)
+
+
+def test_ivf_needs_training_and_finds_the_nearest_vectors() -> None:
+    vectors = random_vectors(4000, seed=3)
+    ids = np.arange(4000, dtype=np.int64) + 10
+    assert index_mod.training_size("IVF16,Flat", DIM) == 16 * index_mod.IVF_TRAIN_PER_LIST
+    assert index_mod.training_size("Flat", DIM) == 0
+    with pytest.raises(ValueError, match="needs training"):
+        FaissIndex.create(DIM, "IVF16,Flat")
+    idx = FaissIndex.create(DIM, "IVF16,Flat", train=vectors[:1000])
+    idx.add(ids, vectors)
+    queries = random_vectors(50, seed=4)
+    idx.nprobe = 16  # every list: exact
+    assert_same_results(idx.search(queries, 5), brute_force_search(vectors, ids, queries, 5))
+    idx.nprobe = 4
+    _, found = idx.search(queries, 10)
+    _, truth = brute_force_search(vectors, ids, queries, 10)
+    hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist(), strict=True))
+    assert hits / truth.size > 0.5
+    assert idx.remove(ids[:100]) == 100 and idx.ntotal == 3900
+
+
+def test_prune_versions_keeps_the_newest_and_the_published(tmp_path: Path) -> None:
+    idx, _, _ = build(3)
+    versions = [new_version_id() for _ in range(4)]
+    for version in versions:
+        save_index(idx, tmp_path / version, meta_for(idx, version=version))
+    publish_current(tmp_path, versions[0])  # an old version still published: kept
+    crashed = tmp_path / new_version_id()
+    crashed.mkdir()  # a run died while writing it (no sidecar) ...
+    newest = new_version_id()
+    save_index(idx, tmp_path / newest, meta_for(idx, version=newest))  # ... before this one
+    (tmp_path / "notes").mkdir()  # not ours
+    deleted = index_mod.prune_versions(tmp_path, keep=2)
+    assert deleted == sorted([versions[1], versions[2], crashed.name])
+    assert list_versions(tmp_path) == [versions[0], versions[3], newest]
+    assert (tmp_path / "notes").is_dir()
+    with pytest.raises(ValueError):
+        index_mod.prune_versions(tmp_path, keep=0)

@@ -1,0 +1,121 @@
+"""Shared fixtures for the indexer tests: real models (built once), small real feeds, and
+helpers that read back what a run left in the database and the index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from indexer.stages import IndexModels
+from search.config import IndexSettings, Settings
+from search.db import InstanceRow, Product, ProductImage, make_engine, make_session_factory
+from search.index import FaissIndex, load_current
+from search.models.registry import build_embedder, build_segmenter
+
+
+@pytest.fixture(scope="session")
+def index_models() -> IndexModels:
+    """The configured (offline) segmenter and embedder with real weights, built once."""
+    settings = Settings()
+    return IndexModels(build_segmenter(settings.models), build_embedder(settings.models))
+
+
+@pytest.fixture(scope="session")
+def catalog_rows(sample_dir: Path) -> list[dict[str, Any]]:
+    """The first 40 products of the IKEA catalog (their images are small JPEGs)."""
+    with (sample_dir / "catalog.jsonl").open() as lines:
+        return [json.loads(line) for _, line in zip(range(40), lines, strict=False)]
+
+
+class FeedDir:
+    """A feed file in a temp folder, its images copied beside it (so tests can change them)."""
+
+    def __init__(self, root: Path, sample_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+        self.root = root
+        self.sample_dir = sample_dir
+        self.rows = {row["sku"]: dict(row) for row in rows}
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        self.path = root / "feed.jsonl"
+
+    def image_path(self, sku: str) -> Path:
+        return self.root / "images" / f"{sku}.jpg"
+
+    def write(self, skus: Sequence[str], **overrides: dict[str, Any]) -> Path:
+        """Write a JSONL feed of these products (relative image paths); copy missing images."""
+        with self.path.open("w") as feed:
+            for sku in skus:
+                row = {**self.rows[sku], **overrides.get(sku, {})}
+                target = self.image_path(sku)
+                if not target.exists():
+                    shutil.copyfile(self.sample_dir / self.rows[sku]["image"], target)
+                row["image"] = f"images/{sku}.jpg"
+                feed.write(json.dumps(row) + "\n")
+        return self.path
+
+    def replace_image(self, sku: str, with_sku: str) -> None:
+        """Give `sku` the photo of `with_sku`, at the same path."""
+        shutil.copyfile(self.sample_dir / self.rows[with_sku]["image"], self.image_path(sku))
+
+
+def make_settings(db_url: str, root: Path) -> Settings:
+    return Settings(database_url=db_url, index=IndexSettings(dir=root / "index"))
+
+
+@dataclass
+class IndexState:
+    """What a run left: per sku the stored vectors (by id order), DB ids and index ids."""
+
+    vectors: dict[str, np.ndarray]
+    db_ids: list[int]
+    index_ids: list[int]
+    index: FaissIndex
+    version: str
+
+    def assert_consistent(self) -> None:
+        assert self.db_ids == self.index_ids, "the index holds exactly the database's vectors"
+        stored = np.stack([v for vs in self.vectors.values() for v in vs])
+        ids = np.asarray(self.db_ids)
+        assert np.allclose(np.sort(stored, axis=0), np.sort(self.index.reconstruct(ids), axis=0))
+
+    def assert_same_as(self, other: IndexState) -> None:
+        """Same products, same instance count per image, the same vectors per product."""
+        assert sorted(self.vectors) == sorted(other.vectors)
+        for sku, mine in self.vectors.items():
+            theirs = other.vectors[sku]
+            assert mine.shape == theirs.shape, sku
+            assert np.allclose(mine, theirs, atol=1e-4), sku
+
+
+def read_state(settings: Settings) -> IndexState:
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            rows = session.execute(
+                select(Product.sku, InstanceRow.vector_id, InstanceRow.vector)
+                .join(ProductImage, ProductImage.product_id == Product.id)
+                .join(InstanceRow, InstanceRow.image_id == ProductImage.id)
+                .where(InstanceRow.retired_in_run.is_(None))
+                .order_by(Product.sku, InstanceRow.vector_id)
+            ).all()
+            skus = session.scalars(select(Product.sku)).all()
+    finally:
+        engine.dispose()
+    vectors: dict[str, list[np.ndarray]] = {sku: [] for sku in skus}
+    for sku, _, raw in rows:
+        vectors[sku].append(np.frombuffer(raw, dtype=np.float32))
+    index, meta = load_current(settings.index.dir)
+    return IndexState(
+        vectors={k: np.stack(v) if v else np.zeros((0, 1)) for k, v in vectors.items()},
+        db_ids=sorted(int(r[1]) for r in rows),
+        index_ids=sorted(int(i) for i in index.ids()),
+        index=index,
+        version=meta.version,
+    )

@@ -1,0 +1,45 @@
+"""`--engine ray`: the same stages as a Ray Data pipeline on a local 2-CPU Ray give the same
+database and index as the local engine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexer.pipeline import IndexOptions, run_index
+from indexer.stages import IndexModels
+from search.db import migrate
+from tests.indexer.conftest import FeedDir, make_settings, read_state
+
+pytest.importorskip("ray.data")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # from inside ray.data
+]
+
+
+def test_ray_engine_gives_the_same_index_as_the_local_engine(
+    tmp_path: Path,
+    sample_dir: Path,
+    catalog_rows: list[dict[str, Any]],
+    index_models: IndexModels,
+) -> None:
+    skus = [row["sku"] for row in catalog_rows[:4]]
+    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
+    path = feed.write(skus)
+    local = make_settings(f"sqlite:///{tmp_path / 'local.db'}", tmp_path / "local")
+    distributed = make_settings(f"sqlite:///{tmp_path / 'ray.db'}", tmp_path / "ray")
+    for settings in (local, distributed):
+        migrate(settings.database_url)
+    options = IndexOptions(progress=False, batch_size=2)
+    run_index(path, settings=local, options=options, models=index_models)
+    ray_options = replace(options, engine="ray", ray_actors=1, ray_cpus_per_actor=2)
+    report = run_index(path, settings=distributed, options=ray_options, models=index_models)
+    assert (report.status, report.images_processed) == ("succeeded", 4)
+    assert {"read", "decode", "segment", "embed", "write"} <= set(report.timings_ms)
+    state = read_state(distributed)
+    state.assert_consistent()
+    state.assert_same_as(read_state(local))
