@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from api.metrics import Metrics
+from api.pool import InferencePool
 from api.state import AppState
 from search.config import Settings
 from search.service import SearchService
@@ -35,5 +37,17 @@ def get_service(state: StateDep) -> SearchService:
     return state.service
 
 
+def get_pool(request: Request) -> InferencePool:
+    pool: InferencePool = request.app.state.pool
+    return pool
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SearchServiceDep = Annotated[SearchService, Depends(get_service)]
+PoolDep = Annotated[InferencePool, Depends(get_pool)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+
+from search.errors import InvalidInput
+from search.filters import parse_attributes
+
+_NUMBER = r"-?\d+(?:\.\d+)?"
+REGION_PATTERN = rf"^\s*\[?\s*{_NUMBER}(?:\s*,\s*{_NUMBER}){{3}}\s*\]?\s*$"
+ATTRIBUTE_PATTERN = r"^[^=]+=.*$"
+
+Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Merchant = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Attribute = Annotated[str, StringConstraints(max_length=512, pattern=ATTRIBUTE_PATTERN)]
 
 
 class Problem(BaseModel):
@@ -17,11 +29,109 @@ class Problem(BaseModel):
     code: str = Field(description="machine-readable error code, e.g. `invalid_image`")
 
 
+# --- requests --------------------------------------------------------------------------------
+
+
+class FilterFields(BaseModel):
+    """Which products may be returned; every field given must match."""
+
+    k: int = Field(10, ge=1, le=100, description="products per instance")
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="leave out products scoring below this (cosine)"
+    )
+    category: list[Category] = Field(
+        default_factory=list,
+        max_length=50,
+        description="keep products of any of these categories (repeat the field for several)",
+    )
+    min_price: float | None = Field(None, ge=0, description="lowest price, inclusive")
+    max_price: float | None = Field(None, ge=0, description="highest price, inclusive")
+    in_stock: bool | None = Field(
+        None, description="true: only products in stock; false: only those out of stock"
+    )
+    merchant: list[Merchant] = Field(
+        default_factory=list, max_length=50, description="keep products of any of these merchants"
+    )
+    attribute: list[Attribute] = Field(
+        default_factory=list,
+        max_length=50,
+        description="`name=value` on a catalog field kept in the product's extra data (or "
+        "`color`); repeat for several: values of one name are alternatives, names all apply",
+    )
+
+    @field_validator("attribute")
+    @classmethod
+    def _attributes(cls, value: list[str]) -> list[str]:
+        try:
+            parse_attributes(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _price_range(self) -> FilterFields:
+        if (
+            self.min_price is not None
+            and self.max_price is not None
+            and self.min_price > self.max_price
+        ):
+            raise ValueError("min_price must not be above max_price")
+        return self
+
+
+class SearchForm(FilterFields):
+    """The form fields of `POST /v1/search`, sent beside the `image` file (or instead of it,
+    with `image_url`)."""
+
+    image_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="an http(s) URL of a JPEG, PNG or WebP photo, fetched by the server; "
+        "give either this or the `image` file",
+    )
+    region: str | None = Field(
+        None,
+        pattern=REGION_PATTERN,
+        description="search only this box of the photo, `x0,y0,x1,y1` (or `[x0,y0,x1,y1]`) "
+        "in pixels of the upright photo; it is searched as one instance",
+        examples=["120,80,560,400"],
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _region_order(cls, value: str | None) -> str | None:
+        if value is not None:
+            x0, y0, x1, y1 = parse_region(value)
+            if not (x1 > x0 and y1 > y0):
+                raise ValueError("region must be x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+        return value
+
+
+class SimilarQuery(FilterFields):
+    """The query parameters of `GET /v1/products/{sku}/similar`."""
+
+
+def parse_region(text: str) -> tuple[float, float, float, float]:
+    """`"x0,y0,x1,y1"` or `"[x0, y0, x1, y1]"` as four floats (the pattern was checked)."""
+    values = [float(v) for v in re.findall(_NUMBER, text)]
+    if len(values) != 4:
+        raise ValueError("region must have four numbers: x0,y0,x1,y1")
+    return values[0], values[1], values[2], values[3]
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
 class IndexPublic(BaseModel):
     version: str
     indexed_at: str | None
     vector_count: int
     embedder: str
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
 
 
 class MaskRLE(BaseModel):
@@ -43,13 +153,17 @@ class ProductPublic(BaseModel):
     title: str
     category: str | None
     score: float = Field(description="cosine similarity of the best matching product image")
-    image_url: str | None
+    image_url: str | None = Field(description="the matching catalog image, served by this API")
     price: float | None = None
     currency: str | None = None
+    url: str = Field(description="this product's details in this API")
 
 
 class InstancePublic(BaseModel):
-    label: str
+    label: str = Field(
+        description="detector class; `region` for a drawn box, `image` when "
+        "nothing was detected and the whole photo was searched"
+    )
     score: float = Field(description="detector confidence")
     box: list[float] = Field(description="[x0, y0, x1, y1] in pixels of the uploaded image")
     mask: MaskPublic
@@ -58,8 +172,46 @@ class InstancePublic(BaseModel):
 
 class SearchResponse(BaseModel):
     index: IndexPublic
-    image: dict[str, int] = Field(description="{width, height} of the uploaded image as searched")
+    image: ImageSize = Field(description="size of the photo as searched (EXIF orientation applied)")
     instances: list[InstancePublic]
+    timings_ms: dict[str, float] = Field(description="milliseconds spent per stage")
+
+
+class CatalogImagePublic(BaseModel):
+    id: int
+    url: str = Field(description="the image, served by this API")
+    position: int
+    status: str = Field(description="indexing status: pending, ok, failed or no_instance")
+    width: int | None
+    height: int | None
+
+
+class ProductDetail(BaseModel):
+    sku: str
+    title: str
+    category: str | None
+    price: float | None
+    currency: str | None
+    color: str | None
+    description: str | None
+    merchant: str | None
+    in_stock: bool | None
+    url: str | None = Field(description="the product's page at the merchant")
+    extra: dict[str, Any] = Field(description="other catalog fields from the feed")
+    images: list[CatalogImagePublic]
+    similar_url: str
+
+
+class CategoryCount(BaseModel):
+    name: str
+    count: int = Field(description="products in this category")
+
+
+class SimilarResponse(BaseModel):
+    sku: str
+    index: IndexPublic
+    query_vectors: int = Field(description="indexed instance vectors of the product searched with")
+    products: list[ProductPublic]
     timings_ms: dict[str, float]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from search.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 
+log = logging.getLogger(__name__)
+
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+# Formats Pillow names apart that are one of the accepted ones: cameras and phones write
+# JPEGs with a Multi-Picture (MPO) extension; the first picture is the photo.
+FORMAT_ALIASES = {"MPO": "JPEG"}
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
@@ -36,23 +42,35 @@ def decode_image(
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the image could not be decoded: {exc}") from exc
-    return to_rgb(ImageOps.exif_transpose(image) or image)
+    return to_rgb(upright(image))
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; unchanged when that tag is unreadable."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError) as exc:
+        log.info("ignoring unreadable EXIF orientation: %s", exc)
+        return image
 
 
 def _open(data: bytes, formats: frozenset[str]) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
+        try:  # only the accepted formats' decoders ever see the bytes
+            image = Image.open(io.BytesIO(data), formats=_pillow_formats(formats))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageTooLarge(str(exc)) from exc
         except UnidentifiedImageError as exc:
+            kind = sniff_format(data)
+            if kind in formats:
+                raise InvalidImage(f"the {kind} image could not be read") from exc
             raise UnsupportedImageType(
-                f"not a recognised image; accepted: {', '.join(sorted(formats))}"
+                f"{kind or 'not a recognised'} image; accepted: {', '.join(sorted(formats))}"
             ) from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise InvalidImage(f"the image could not be read: {exc}") from exc
-    if image.format not in formats:
+    if FORMAT_ALIASES.get(image.format or "", image.format) not in formats:
         raise UnsupportedImageType(
             f"{image.format or 'unknown'} images are not accepted; "
             f"accepted: {', '.join(sorted(formats))}"
@@ -60,12 +78,38 @@ def _open(data: bytes, formats: frozenset[str]) -> Image.Image:
     return image
 
 
+def _pillow_formats(formats: frozenset[str]) -> list[str]:
+    """Pillow's decoders for `formats` (its JPEG decoder also opens MPO files)."""
+    Image.init()
+    return [name for name in sorted(formats) if name in Image.OPEN]
+
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"%PDF", "PDF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format the leading bytes announce (JPEG, PNG, WEBP, GIF, ...), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode (palette, alpha, CMYK, 16-bit, grey) to 8-bit RGB; alpha composited on white."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         image = image.point(lambda v: v / 256).convert("L")
+    elif image.mode == "F":
+        image = image.convert("L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from search import catalog
 from search.config import ModelSettings
 from search.crops import crop_instance
-from search.live import LiveIndex
+from search.errors import InvalidInput
+from search.filters import ProductFilter, fetch_schedule
+from search.index import FaissIndex
+from search.live import LiveIndex, LoadedIndex
 from search.models.base import Embedder, Segmenter
 from search.timing import Timer
 from search.types import (
@@ -28,16 +32,50 @@ from search.types import (
 log = logging.getLogger(__name__)
 
 WHOLE_IMAGE_LABEL = "image"
+REGION_LABEL = "region"
+LOOKUP_CHUNK = 2000  # vector ids per IN (...) list, under every database's parameter limit
+
+CategoryPolicy = Callable[[Instance], frozenset[str] | None]
+"""Per-instance category restriction: the categories an instance may match, or None for any."""
+
+# vector id -> (image id, product): what ranking a hit needs, without vectors or masks.
+HitRows = dict[int, tuple[int, catalog.Product]]
 
 
 @dataclass(frozen=True)
 class SearchOptions:
+    """What to return: `k` products per instance, each scoring at least `min_score`, passing
+    `filters`; with `region` (a box in image pixels) only that area is searched."""
+
     k: int = 10
     min_score: float | None = None
+    filters: ProductFilter = field(default_factory=ProductFilter)
+    region: Box | None = None
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    """Products that look like a catalog product (itself excluded)."""
+
+    sku: str
+    index: IndexInfo
+    products: list[ProductHit]
+    query_vectors: int  # how many of the product's instance vectors were searched with
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    hits: list[ProductHit]
+    needs_more: bool  # short of k, and a bigger fetch could still find more
 
 
 class SearchService:
-    """Room photo in, one group of look-alike catalog products per detected instance out."""
+    """Room photo in, one group of look-alike catalog products per detected instance out.
+
+    `category_policy`, when given, restricts each instance to the categories it returns
+    (e.g. a detected couch to sofas and armchairs), on top of the caller's filters.
+    """
 
     def __init__(
         self,
@@ -47,33 +85,41 @@ class SearchService:
         live_index: LiveIndex,
         session_factory: Callable[[], Session],
         settings: ModelSettings,
+        category_policy: CategoryPolicy | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.embedder = embedder
         self.live_index = live_index
         self.session_factory = session_factory
         self.settings = settings
+        self.category_policy = category_policy
 
     def search(self, image: Image.Image, options: SearchOptions | None = None) -> SearchResult:
+        """Segment `image` (or take `options.region`), embed each instance, rank products."""
         options = options or SearchOptions()
         timer = Timer()
         loaded = self.live_index.get()
         with timer.stage("segment"):
-            instances = self.segmenter.segment(image) or [whole_image_instance(image)]
+            instances = self.instances(image, options.region)
         with timer.stage("embed"):
             vectors = self.embed_instances(image, instances)
-        with timer.stage("search"):
-            fetch = min(max(options.k * self.settings.oversample, options.k), loaded.meta.count)
-            scores, ids = loaded.index.search(vectors, max(fetch, 1))
-        with timer.stage("catalog"):
-            groups = self._groups(instances, scores, ids, options)
-        info = IndexInfo(
-            version=loaded.meta.version,
-            indexed_at=loaded.meta.indexed_at,
-            vector_count=loaded.meta.count,
-            embedder=loaded.meta.embedder,
-        )
-        return SearchResult(info, image.size, groups, timer.ms)
+        filters = [self.filter_for(inst, options.filters) for inst in instances]
+        ranked = self._rank(loaded.index, vectors, filters, options, timer)
+        self._widen_empty(loaded.index, vectors, ranked, filters, options, timer)
+        groups = [InstanceResult(inst, hits) for inst, hits in zip(instances, ranked, strict=True)]
+        return SearchResult(index_info(loaded), image.size, groups, timer.ms)
+
+    def instances(self, image: Image.Image, region: Box | None = None) -> list[Instance]:
+        """The region as one instance, else the segmenter's instances, else the whole photo."""
+        if region is not None:
+            return [region_instance(image, region)]
+        return self.segmenter.segment(image) or [whole_image_instance(image)]
+
+    def filter_for(self, instance: Instance, base: ProductFilter) -> ProductFilter:
+        """`base` combined with the category policy's choice for this instance."""
+        if self.category_policy is None:
+            return base
+        return base.restricted_to(self.category_policy(instance))
 
     def embed_instances(self, image: Image.Image, instances: Sequence[Instance]) -> np.ndarray:
         """One vector per instance, from its crop."""
@@ -85,55 +131,175 @@ class SearchService:
         ]
         return self.embedder.embed(crops)
 
-    def _groups(
+    def similar(self, sku: str, options: SearchOptions | None = None) -> SimilarResult:
+        """Products that look like `sku`, searched with its stored instance vectors.
+
+        Raises `ProductNotFound` for an unknown sku; a product without indexed vectors
+        gives no products. Each product appears once, with its best score over the vectors.
+        """
+        options = options or SearchOptions()
+        timer = Timer()
+        loaded = self.live_index.get()
+        with timer.stage("vectors"):
+            vectors = self._product_vectors(sku, loaded.index)
+        filters = replace(options.filters, exclude_skus=options.filters.exclude_skus | {sku})
+        ranked = self._rank(loaded.index, vectors, [filters] * len(vectors), options, timer)
+        merged = merge_best(ranked, options.k)
+        return SimilarResult(sku, index_info(loaded), merged, len(vectors), timer.ms)
+
+    def _widen_empty(
         self,
-        instances: Sequence[Instance],
-        scores: np.ndarray,
-        ids: np.ndarray,
+        index: FaissIndex,
+        vectors: np.ndarray,
+        ranked: list[list[ProductHit]],
+        filters: Sequence[ProductFilter],
         options: SearchOptions,
-    ) -> list[InstanceResult]:
-        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        timer: Timer,
+    ) -> None:
+        """An instance whose compatible categories hold nothing searches every category."""
+        empty = [i for i, hits in enumerate(ranked) if not hits and filters[i] != options.filters]
+        if not empty:
+            return
+        wider = self._rank(index, vectors[empty], [options.filters] * len(empty), options, timer)
+        for i, hits in zip(empty, wider, strict=True):
+            ranked[i] = hits
+
+    def _product_vectors(self, sku: str, index: FaissIndex) -> np.ndarray:
         with self.session_factory() as session:
-            rows = catalog.products_for_vector_ids(session=session, vector_ids=wanted)
-            groups = []
-            for inst, row_scores, row_ids in zip(instances, scores, ids, strict=True):
-                hits = _best_per_product(row_scores, row_ids, rows, options)
-                groups.append(InstanceResult(inst, hits))
-        return groups
+            product = catalog.get_product(session=session, sku=sku)
+            stmt = (
+                select(catalog.InstanceRow.vector_id, catalog.InstanceRow.vector)
+                .join(catalog.ProductImage)
+                .where(
+                    catalog.ProductImage.product_id == product.id,
+                    catalog.InstanceRow.embedder == self.embedder.name,
+                )
+                .order_by(catalog.InstanceRow.id)
+            )
+            rows = session.execute(stmt).all()
+        return stored_vectors(index, [(vid, raw) for vid, raw in rows], self.embedder.dim)
+
+    def _rank(
+        self,
+        index: FaissIndex,
+        vectors: np.ndarray,
+        filters: Sequence[ProductFilter],
+        options: SearchOptions,
+        timer: Timer,
+    ) -> list[list[ProductHit]]:
+        """Top products per query vector, fetching more from the index while filters starve."""
+        hits: list[list[ProductHit]] = [[] for _ in range(len(vectors))]
+        pending = list(range(len(vectors)))
+        rows: HitRows = {}
+        with self.session_factory() as session:
+            for fetch in fetch_schedule(options.k, self.settings.oversample, index.ntotal):
+                with timer.stage("search"):
+                    scores, ids = index.search(vectors[pending], fetch)
+                with timer.stage("catalog"):
+                    new = {int(i) for i in ids.ravel() if i >= 0 and int(i) not in rows}
+                    rows.update(hit_rows(session=session, vector_ids=sorted(new)))
+                    still = []
+                    for row, i in enumerate(pending):
+                        ranked = rank_products(scores[row], ids[row], rows, filters[i], options)
+                        hits[i] = ranked.hits
+                        if ranked.needs_more:
+                            still.append(i)
+                pending = still
+                if not pending:
+                    break
+        return hits
 
 
-def _best_per_product(
+def rank_products(
     scores: np.ndarray,
     ids: np.ndarray,
-    rows: dict[int, tuple[catalog.InstanceRow, catalog.ProductImage, catalog.Product]],
+    rows: HitRows,
+    filters: ProductFilter,
     options: SearchOptions,
-) -> list[ProductHit]:
-    """Each product once, with its best-scoring vector, best first, at most k."""
+) -> _Ranked:
+    """Each product once, with its best-scoring vector, best first, at most k, filtered."""
     hits: dict[str, ProductHit] = {}
     for score, vid in zip(scores.tolist(), ids.tolist(), strict=True):
-        if vid < 0 or vid not in rows:
-            continue
+        if vid < 0:
+            return _Ranked(list(hits.values()), needs_more=False)  # the index ran out
         if options.min_score is not None and score < options.min_score:
-            break
-        _, image, product = rows[vid]
-        if product.sku in hits:
+            return _Ranked(list(hits.values()), needs_more=False)
+        row = rows.get(vid)
+        if row is None:
             continue
-        hits[product.sku] = product_hit(product, image, score)
+        image_id, product = row
+        if product.sku in hits or not filters.matches(product):
+            continue
+        hits[product.sku] = product_hit(product, image_id, score)
         if len(hits) >= options.k:
-            break
-    return list(hits.values())
+            return _Ranked(list(hits.values()), needs_more=False)
+    return _Ranked(list(hits.values()), needs_more=True)
 
 
-def product_hit(product: catalog.Product, image: catalog.ProductImage, score: float) -> ProductHit:
+def merge_best(lists: Sequence[Sequence[ProductHit]], k: int) -> list[ProductHit]:
+    """Hits of several queries merged: each product once with its best score, best first."""
+    best: dict[str, ProductHit] = {}
+    for hits in lists:
+        for hit in hits:
+            if hit.sku not in best or hit.score > best[hit.sku].score:
+                best[hit.sku] = hit
+    return sorted(best.values(), key=lambda h: -h.score)[:k]
+
+
+def hit_rows(*, session: Session, vector_ids: Sequence[int]) -> HitRows:
+    """(image id, product) for each known vector id, in one lean query (no vectors, no masks)."""
+    out: HitRows = {}
+    wanted = [int(v) for v in vector_ids]
+    for start in range(0, len(wanted), LOOKUP_CHUNK):
+        stmt = (
+            select(catalog.InstanceRow.vector_id, catalog.InstanceRow.image_id, catalog.Product)
+            .join(catalog.ProductImage, catalog.InstanceRow.image_id == catalog.ProductImage.id)
+            .join(catalog.Product, catalog.ProductImage.product_id == catalog.Product.id)
+            .where(catalog.InstanceRow.vector_id.in_(wanted[start : start + LOOKUP_CHUNK]))
+        )
+        for vid, image_id, product in session.execute(stmt):
+            if vid is not None:
+                out[int(vid)] = (int(image_id), product)
+    return out
+
+
+def stored_vectors(
+    index: FaissIndex, rows: Sequence[tuple[int | None, bytes | None]], dim: int
+) -> np.ndarray:
+    """The vectors of (vector id, stored bytes) rows, as the live index holds them; when it
+    holds none of them (a product newer than the served version), the bytes the database
+    keeps. Rows with neither are skipped."""
+    served = [vid for vid, _ in rows if vid is not None and vid in index]
+    if served:
+        return index.reconstruct(served)
+    stored = [
+        np.frombuffer(raw, dtype=np.float32) for _, raw in rows if raw and len(raw) == dim * 4
+    ]
+    if not stored:
+        return np.empty((0, dim), dtype=np.float32)
+    return np.ascontiguousarray(np.stack(stored), dtype=np.float32)
+
+
+def product_hit(product: catalog.Product, image_id: int | None, score: float) -> ProductHit:
     return ProductHit(
         sku=product.sku,
         title=product.title,
         category=product.category,
         score=float(score),
-        image_id=image.id,
+        image_id=image_id,
         price=float(product.price) if product.price is not None else None,
         currency=product.currency,
         extra=dict(product.extra or {}),
+    )
+
+
+def index_info(loaded: LoadedIndex) -> IndexInfo:
+    meta = loaded.meta
+    return IndexInfo(
+        version=meta.version,
+        indexed_at=meta.indexed_at,
+        vector_count=meta.count,
+        embedder=meta.embedder,
     )
 
 
@@ -142,3 +308,21 @@ def whole_image_instance(image: Image.Image) -> Instance:
     width, height = image.size
     mask = np.ones((height, width), dtype=bool)
     return Instance(Box(0.0, 0.0, float(width), float(height)), WHOLE_IMAGE_LABEL, 1.0, mask)
+
+
+def region_instance(image: Image.Image, region: Box) -> Instance:
+    """A box the shopper drew, clipped to the photo, as one instance (box and mask = region).
+
+    Raises `InvalidInput` when less than one pixel of it lies inside the photo.
+    """
+    width, height = image.size
+    box = region.clip(width, height)
+    x0, y0 = int(np.floor(box.x0)), int(np.floor(box.y0))
+    x1, y1 = int(np.ceil(box.x1)), int(np.ceil(box.y1))
+    if box.width < 1 or box.height < 1:
+        raise InvalidInput(
+            f"region {region.as_list()} covers less than one pixel of the {width}x{height} photo"
+        )
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return Instance(box, REGION_LABEL, 1.0, mask)

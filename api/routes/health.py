@@ -1,11 +1,12 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import StateDep
+from api.deps import MetricsDep, StateDep
 from api.schemas import Health, IndexPublic
 from search.errors import RoomlensError
 
@@ -34,3 +35,18 @@ def readyz(state: StateDep) -> Health | JSONResponse:
         embedder=meta.embedder,
     )
     return Health(status="ready", index=index)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text exposition format",
+        }
+    },
+)
+def metrics(metrics: MetricsDep) -> Response:
+    """Request counts, request latency and search time per stage, for Prometheus."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

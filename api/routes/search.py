@@ -2,28 +2,51 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from functools import partial
 from typing import Annotated
+from urllib.parse import quote
 
 import anyio
+import cv2
+import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
+from PIL import Image
 
-from api.deps import StateDep
+from api.deps import MetricsDep, PoolDep, StateDep
 from api.errors import problem_responses
+from api.fetch import fetch_image
 from api.schemas import (
+    FilterFields,
+    ImageSize,
     IndexPublic,
     InstancePublic,
     MaskPublic,
     MaskRLE,
     ProductPublic,
+    SearchForm,
     SearchResponse,
+    parse_region,
 )
+from api.state import AppState
 from search.errors import ImageTooLarge
+from search.filters import ProductFilter, parse_attributes
 from search.images import decode_image
 from search.masks import encode_rle, mask_to_polygons
-from search.service import SearchOptions
-from search.types import InstanceResult, ProductHit, SearchResult
+from search.querylog import record_search
+from search.service import SearchOptions, SearchService
+from search.timing import Timer
+from search.types import Box, InstanceResult, ProductHit, SearchResult
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["search"])
+
+PhotoFile = Annotated[
+    UploadFile | None,
+    File(description="a JPEG, PNG or WebP room photo; give either this or `image_url`"),
+]
 
 
 @router.post(
@@ -31,38 +54,133 @@ router = APIRouter(prefix="/v1", tags=["search"])
 )
 async def search(
     state: StateDep,
-    image: Annotated[UploadFile, File(description="a JPEG, PNG or WebP room photo")],
-    k: Annotated[int, Form(ge=1, le=100, description="products per instance")] = 10,
+    pool: PoolDep,
+    metrics: MetricsDep,
+    form: Annotated[SearchForm, Form()],
+    image: PhotoFile = None,
 ) -> SearchResponse:
-    """Segment the photo, embed each instance and return the closest catalog products."""
+    """Segment the photo (or only `region`), embed each instance and return the closest
+    catalog products that pass the filters, each product once with its best score."""
+    timer = Timer()
+    started = time.perf_counter()
+    data = await photo_bytes(state, form, image, timer)
+    options = search_options(form)
+    api = state.settings.api
+    with timer.stage("decode"):
+        decoded = await anyio.to_thread.run_sync(
+            partial(decode_image, data, max_bytes=api.max_upload_bytes, max_pixels=api.max_pixels)
+        )
+    (result, response), wait_ms = await pool.run(
+        partial(search_and_encode, state.service, decoded, options)
+    )
+    timer.add("queue", wait_ms)
+    await anyio.to_thread.run_sync(partial(log_search, state, result, form, data, started))
+    response.timings_ms = {**response.timings_ms, **_rounded(timer.ms)}
+    metrics.observe_stages("search", response.timings_ms)
+    metrics.instances.observe(len(response.instances))
+    return response
+
+
+async def photo_bytes(
+    state: AppState, form: SearchForm, image: UploadFile | None, timer: Timer
+) -> bytes:
+    """The uploaded file or the bytes at `image_url` (exactly one must be given)."""
+    if (image is None) == (form.image_url is None):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "missing" if image is None else "value_error",
+                    "loc": ("body", "image"),
+                    "msg": "give either an image file or an image_url, not both",
+                }
+            ]
+        )
+    if form.image_url is not None:
+        with timer.stage("fetch"):
+            return await fetch_image(form.image_url, state.fetch)
+    assert image is not None
     limit = state.settings.api.max_upload_bytes
     data = await image.read(limit + 1)
     if len(data) > limit:
         raise ImageTooLarge(f"the upload is over the limit of {limit} bytes")
-    max_pixels = state.settings.api.max_pixels
-    decoded = await anyio.to_thread.run_sync(
-        lambda: decode_image(data, max_bytes=limit, max_pixels=max_pixels)
+    return data
+
+
+def product_filter(fields: FilterFields) -> ProductFilter:
+    """The core's filter for the wire's filter fields."""
+    return ProductFilter(
+        categories=frozenset(fields.category) if fields.category else None,
+        min_price=fields.min_price,
+        max_price=fields.max_price,
+        in_stock=fields.in_stock,
+        merchants=frozenset(fields.merchant) if fields.merchant else None,
+        attributes=parse_attributes(fields.attribute),
     )
-    options = SearchOptions(k=k)
-    result = await anyio.to_thread.run_sync(
-        lambda: state.service.search(decoded, options), limiter=state.limiter
+
+
+def search_options(form: SearchForm) -> SearchOptions:
+    region = Box(*parse_region(form.region)) if form.region is not None else None
+    return SearchOptions(
+        k=form.k, min_score=form.min_score, filters=product_filter(form), region=region
     )
-    return to_response(result)
+
+
+def search_and_encode(
+    service: SearchService, image: Image.Image, options: SearchOptions
+) -> tuple[SearchResult, SearchResponse]:
+    """Run in an inference worker: the search, then the response (masks encoded)."""
+    result = service.search(image, options)
+    start = time.perf_counter()
+    response = to_response(result)
+    response.timings_ms["encode"] = round((time.perf_counter() - start) * 1000.0, 2)
+    return result, response
+
+
+def log_search(
+    state: AppState, result: SearchResult, form: SearchForm, photo: bytes, started: float
+) -> None:
+    """Add the search to the log; a failure to log never fails the search."""
+    conf = state.settings.search_log
+    if not conf.enabled:
+        return
+    try:
+        with state.session_factory() as session, session.begin():
+            record_search(
+                session=session,
+                result=result,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                filters=form.model_dump(mode="json", exclude_defaults=True, exclude={"image_url"}),
+                photo=photo,
+                photo_dir=conf.photo_dir if conf.store_photos else None,
+            )
+    except Exception:
+        log.exception("could not record the search")
 
 
 def to_response(result: SearchResult) -> SearchResponse:
     width, height = result.image_size
     return SearchResponse(
         index=IndexPublic(**vars(result.index)),
-        image={"width": width, "height": height},
+        image=ImageSize(width=width, height=height),
         instances=[_instance(group) for group in result.groups],
-        timings_ms={name: round(ms, 2) for name, ms in result.timings_ms.items()},
+        timings_ms=_rounded(result.timings_ms),
     )
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {name: round(ms, 2) for name, ms in timings.items()}
+
+
+def column_major(mask: np.ndarray) -> np.ndarray:
+    """The same (h, w) mask laid out column-major, so COCO RLE reads it without a slow
+    transposing copy (OpenCV transposes bytes several times faster than numpy)."""
+    flat = np.ascontiguousarray(mask, dtype=np.bool_).view(np.uint8)
+    return np.asarray(cv2.transpose(flat)).view(np.bool_).T
 
 
 def _instance(group: InstanceResult) -> InstancePublic:
     inst = group.instance
-    rle = encode_rle(inst.mask)
+    rle = encode_rle(column_major(inst.mask))
     return InstancePublic(
         label=inst.label,
         score=round(float(inst.score), 4),
@@ -81,4 +199,9 @@ def product_public(hit: ProductHit) -> ProductPublic:
         image_url=f"/v1/images/{hit.image_id}" if hit.image_id is not None else None,
         price=hit.price,
         currency=hit.currency,
+        url=product_url(hit.sku),
     )
+
+
+def product_url(sku: str) -> str:
+    return f"/v1/products/{quote(sku, safe='')}"

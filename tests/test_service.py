@@ -1,0 +1,399 @@
+"""SearchService on a real database and a real FAISS index, with fake models whose vectors
+the test chooses, checked against a brute-force ranking (filters, over-fetching, the
+category policy, regions and look-alike products)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from search.config import ModelSettings
+from search.db import InstanceRow, Product, ProductImage
+from search.errors import InvalidInput, ProductNotFound
+from search.filters import ProductFilter
+from search.index import FaissIndex, IndexMeta, publish_current, save_index, version_dir
+from search.live import LiveIndex
+from search.service import REGION_LABEL, SearchOptions, SearchService, merge_best
+from search.types import Box, Instance, ProductHit, Vectors
+
+DIM = 8
+EMBEDDER = "fake-embedder"
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+N_CHAIRS, N_SOFAS = 30, 10
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+QUERY_RED = _unit(np.eye(DIM)[0])
+QUERY_BLUE = _unit(np.array([0.3, 1.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0]))
+
+
+class FakeSegmenter:
+    """Two instances: the left half ("couch") and the right half ("lamp") of the photo."""
+
+    name = "fake-segmenter"
+
+    def segment(self, image: Image.Image) -> list[Instance]:
+        w, h = image.size
+        left = np.zeros((h, w), dtype=bool)
+        left[:, : w // 2] = True
+        return [
+            Instance(Box(0, 0, w // 2, h), "couch", 0.9, left),
+            Instance(Box(w // 2, 0, w, h), "lamp", 0.8, ~left),
+        ]
+
+    def segment_product(self, image: Image.Image) -> list[Instance]:
+        return self.segment(image)[:1]
+
+
+class FakeEmbedder:
+    """The vector of a crop is chosen by the colour at its centre."""
+
+    name = EMBEDDER
+    dim = DIM
+
+    def embed(self, images: Sequence[Image.Image]) -> Vectors:
+        table = {RED: QUERY_RED, BLUE: QUERY_BLUE}
+        rows = [table[im.convert("RGB").getpixel((im.width // 2, im.height // 2))] for im in images]
+        return np.stack(rows).astype(np.float32)
+
+
+def _photo() -> Image.Image:
+    image = Image.new("RGB", (200, 100), RED)
+    image.paste(BLUE, (100, 0, 200, 100))
+    return image
+
+
+@dataclass(frozen=True)
+class Item:
+    sku: str
+    category: str
+    price: float
+    vectors: list[np.ndarray]
+
+
+def _catalog() -> list[Item]:
+    """Chairs closest to the red query, then sofas; every product closer than the next.
+
+    Product i's vector makes angle 0.02 * (i + 1) ** 1.1 with the red query, in the plane of
+    axes 0 and 2 + (i % 6), so a red search ranks them in order: all chairs before any sofa
+    (the exponent keeps the pairwise similarities free of ties).
+    """
+    rng = np.random.default_rng(7)
+    items = []
+    for i in range(N_CHAIRS + N_SOFAS):
+        angle = 0.02 * (i + 1) ** 1.1
+        v = np.zeros(DIM)
+        v[0], v[2 + i % 6] = np.cos(angle), np.sin(angle)
+        category = "chair" if i < N_CHAIRS else "sofa"
+        vectors = [_unit(v)]
+        if i == 5:  # a product with a second photo that looks like the blue query
+            vectors.append(_unit(np.eye(DIM)[1] + 0.05 * rng.standard_normal(DIM)))
+        items.append(Item(f"sku-{i:02d}", category, 10.0 * (i + 1), vectors))
+    return items
+
+
+def _store(session: Session, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
+    """Products, one image per vector, one instance per image; returns (ids, vectors)."""
+    ids, vectors = [], []
+    next_id = 1
+    for item in items:
+        product = Product(
+            sku=item.sku,
+            title=f"{item.category} {item.sku}",
+            category=item.category.upper() if item.sku == "sku-35" else item.category,
+            price=item.price,
+            currency="EUR",
+            merchant="shop-a" if int(item.sku[-2:]) % 2 == 0 else "shop-b",
+            in_stock=int(item.sku[-2:]) % 3 != 0,
+            extra={"material": ["oak", "wool"] if item.sku == "sku-31" else "pine"},
+        )
+        session.add(product)
+        session.flush()
+        for position, vector in enumerate(item.vectors):
+            image = ProductImage(
+                product_id=product.id,
+                position=position,
+                source=f"/nowhere/{item.sku}-{position}.jpg",
+                resolved=f"/nowhere/{item.sku}-{position}.jpg",
+                status="ok",
+            )
+            session.add(image)
+            session.flush()
+            session.add(
+                InstanceRow(
+                    image_id=image.id,
+                    label="thing",
+                    score=1.0,
+                    x0=0.0,
+                    y0=0.0,
+                    x1=1.0,
+                    y1=1.0,
+                    mask_rle={"size": [1, 1], "counts": "01"},
+                    mask_area=1,
+                    vector_id=next_id,
+                    embedder=EMBEDDER,
+                    vector=vector.tobytes(),
+                )
+            )
+            ids.append(next_id)
+            vectors.append(vector)
+            next_id += 1
+    session.commit()
+    return np.asarray(ids, dtype=np.int64), np.stack(vectors)
+
+
+@dataclass(frozen=True)
+class World:
+    service: SearchService
+    items: list[Item]
+    ids: np.ndarray
+    vectors: np.ndarray
+    skus_by_id: dict[int, str]
+
+
+def _publish(root: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+    index = FaissIndex.create(DIM)
+    index.add(ids, vectors)
+    meta = IndexMeta(EMBEDDER, DIM, "ip", len(ids), "Flat", "v1", "2025-01-01T00:00:00+00:00")
+    save_index(index, version_dir(root, "v1"), meta)
+    publish_current(root, "v1")
+
+
+def _service(
+    root: Path, session_factory: sessionmaker[Session], *, oversample: int = 1, **kwargs: object
+) -> SearchService:
+    return SearchService(
+        segmenter=FakeSegmenter(),
+        embedder=FakeEmbedder(),
+        live_index=LiveIndex(root, embedder=EMBEDDER, dim=DIM),
+        session_factory=session_factory,
+        settings=ModelSettings(oversample=oversample, crop_margin=0.0),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, session_factory: sessionmaker[Session]) -> Iterator[World]:
+    items = _catalog()
+    with session_factory() as session:
+        ids, vectors = _store(session, items)
+    _publish(tmp_path / "index", ids, vectors)
+    skus = [item.sku for item in items for _ in item.vectors]
+    yield World(
+        _service(tmp_path / "index", session_factory),
+        items,
+        ids,
+        vectors,
+        dict(zip(ids.tolist(), skus, strict=True)),
+    )
+
+
+def _brute_force(
+    world: World, query: np.ndarray, keep: set[str], k: int, exclude: str = ""
+) -> list[tuple[str, float]]:
+    """Each kept product once with its best score, best first: the reference ranking."""
+    best: dict[str, float] = {}
+    for vid, score in zip(world.ids.tolist(), (world.vectors @ query).tolist(), strict=True):
+        sku = world.skus_by_id[vid]
+        if sku in keep and sku != exclude:
+            best[sku] = max(best.get(sku, -2.0), score)
+    return sorted(best.items(), key=lambda kv: -kv[1])[:k]
+
+
+def _ranking(hits: Sequence[object]) -> list[tuple[str, float]]:
+    return [(h.sku, round(h.score, 5)) for h in hits]  # type: ignore[attr-defined]
+
+
+def _rounded(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    return [(sku, round(score, 5)) for sku, score in pairs]
+
+
+def _vectors_of(world: World, sku: str) -> list[np.ndarray]:
+    return [
+        v
+        for vid, v in zip(world.ids.tolist(), world.vectors, strict=True)
+        if world.skus_by_id[vid] == sku
+    ]
+
+
+def _skus(world: World, category: str) -> set[str]:
+    return {item.sku for item in world.items if item.category == category}
+
+
+def test_unfiltered_search_ranks_like_brute_force(world: World) -> None:
+    result = world.service.search(_photo(), SearchOptions(k=5))
+    assert [g.instance.label for g in result.groups] == ["couch", "lamp"]
+    every = {item.sku for item in world.items}
+    red, blue = result.groups
+    assert _ranking(red.products) == _rounded(_brute_force(world, QUERY_RED, every, 5))
+    assert _ranking(blue.products) == _rounded(_brute_force(world, QUERY_BLUE, every, 5))
+    assert result.index.version == "v1" and result.index.vector_count == len(world.ids)
+
+
+def test_product_with_two_photos_appears_once_with_its_best_score(world: World) -> None:
+    blue = world.service.search(_photo(), SearchOptions(k=40)).groups[1]
+    skus = [h.sku for h in blue.products]
+    assert len(skus) == len(set(skus)) == 40
+    assert skus[0] == "sku-05"  # its second photo is the blue one
+    assert blue.products[0].score > 0.9
+
+
+def test_a_narrow_filter_fetches_more_until_k_products_pass(world: World) -> None:
+    # With oversample 1 the first fetch (k = 3 vectors) holds only chairs: the sofas rank
+    # 31st and below, so the service must keep doubling its fetch to find them.
+    options = SearchOptions(k=3, filters=ProductFilter(categories=frozenset({"Sofa"})))
+    red = world.service.search(_photo(), options).groups[0]
+    expected = _brute_force(world, QUERY_RED, _skus(world, "sofa"), 3)
+    assert _ranking(red.products) == _rounded(expected)
+    assert [h.sku for h in red.products] == ["sku-30", "sku-31", "sku-32"]
+
+
+def test_filters_combine_and_match_brute_force(world: World) -> None:
+    filters = ProductFilter(
+        min_price=100.0, max_price=300.0, in_stock=True, merchants=frozenset({"SHOP-A"})
+    )
+    red = world.service.search(_photo(), SearchOptions(k=10, filters=filters)).groups[0]
+    keep = {
+        item.sku
+        for item in world.items
+        if 100 <= item.price <= 300 and int(item.sku[-2:]) % 3 != 0 and int(item.sku[-2:]) % 2 == 0
+    }
+    assert keep and _ranking(red.products) == _rounded(_brute_force(world, QUERY_RED, keep, 10))
+    for hit in red.products:
+        assert hit.price is not None and 100 <= hit.price <= 300
+
+
+def test_attribute_filter_reads_extra_fields_and_lists(world: World) -> None:
+    filters = ProductFilter(attributes=(("material", frozenset({"wool"})),))
+    red = world.service.search(_photo(), SearchOptions(k=5, filters=filters)).groups[0]
+    assert [h.sku for h in red.products] == ["sku-31"]
+    assert red.products[0].extra == {"material": ["oak", "wool"]}
+
+
+def test_a_filter_nothing_passes_exhausts_the_index_and_returns_nothing(world: World) -> None:
+    options = SearchOptions(k=3, filters=ProductFilter(categories=frozenset({"bed"})))
+    result = world.service.search(_photo(), options)
+    assert [g.products for g in result.groups] == [[], []]
+
+
+def test_min_score_cuts_the_list(world: World) -> None:
+    every = {item.sku for item in world.items}
+    full = _brute_force(world, QUERY_RED, every, 40)
+    cut = full[9][1]
+    red = world.service.search(_photo(), SearchOptions(k=40, min_score=cut)).groups[0]
+    assert _ranking(red.products) == _rounded([p for p in full if p[1] >= cut])
+    assert len(red.products) == 10
+
+
+def test_category_policy_restricts_each_instance(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    def policy(instance: Instance) -> frozenset[str] | None:
+        return frozenset({"sofa"}) if instance.label == "couch" else None
+
+    service = _service(tmp_path / "index", session_factory, category_policy=policy)
+    couch, lamp = service.search(_photo(), SearchOptions(k=4)).groups
+    assert {h.category for h in couch.products} == {"sofa"}
+    every = {item.sku for item in world.items}
+    assert _ranking(couch.products) == _rounded(
+        _brute_force(world, QUERY_RED, _skus(world, "sofa"), 4)
+    )
+    assert _ranking(lamp.products) == _rounded(_brute_force(world, QUERY_BLUE, every, 4))
+    # combined with the shopper's filter: both must hold; when nothing can (a couch among
+    # chairs only), the instance falls back to the shopper's filter alone
+    chairs_only = SearchOptions(k=4, filters=ProductFilter(categories=frozenset({"chair"})))
+    couch, lamp = service.search(_photo(), chairs_only).groups
+    assert {h.category for h in couch.products} == {"chair"}
+    assert _ranking(couch.products) == _rounded(
+        _brute_force(world, QUERY_RED, _skus(world, "chair"), 4)
+    )
+    assert {h.category for h in lamp.products} == {"chair"}
+
+
+def test_category_policy_with_no_such_products_searches_everything(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    def policy(instance: Instance) -> frozenset[str] | None:
+        return frozenset({"no-such-category"})
+
+    service = _service(tmp_path / "index", session_factory, category_policy=policy)
+    couch, _ = service.search(_photo(), SearchOptions(k=4)).groups
+    every = {item.sku for item in world.items}
+    assert _ranking(couch.products) == _rounded(_brute_force(world, QUERY_RED, every, 4))
+
+
+def test_region_is_searched_as_one_instance(world: World) -> None:
+    region = Box(120.0, -10.0, 400.0, 80.0)  # partly outside the 200x100 photo: clipped
+    result = world.service.search(_photo(), SearchOptions(k=3, region=region))
+    assert len(result.groups) == 1
+    inst = result.groups[0].instance
+    assert inst.label == REGION_LABEL
+    assert inst.box == Box(120.0, 0.0, 200.0, 80.0)
+    assert inst.mask.sum() == 80 * 80 and inst.mask[:80, 120:].all()
+    every = {item.sku for item in world.items}
+    assert _ranking(result.groups[0].products) == _rounded(
+        _brute_force(world, QUERY_BLUE, every, 3)
+    )
+
+
+def test_region_outside_the_photo_is_invalid(world: World) -> None:
+    with pytest.raises(InvalidInput):
+        world.service.search(_photo(), SearchOptions(region=Box(300.0, 0.0, 400.0, 50.0)))
+
+
+def test_similar_products_exclude_the_product_itself(world: World) -> None:
+    result = world.service.similar("sku-10", SearchOptions(k=5))
+    assert result.query_vectors == 1
+    every = {item.sku for item in world.items}
+    query = _vectors_of(world, "sku-10")[0]
+    expected = _brute_force(world, query, every, 5, exclude="sku-10")
+    assert _ranking(result.products) == _rounded(expected)
+
+
+def test_similar_uses_every_photo_of_the_product(world: World) -> None:
+    result = world.service.similar("sku-05", SearchOptions(k=4))
+    assert result.query_vectors == 2
+    every = {item.sku for item in world.items}
+    first, second = _vectors_of(world, "sku-05")
+    per_photo = [_brute_force(world, q, every, 4, exclude="sku-05") for q in (first, second)]
+    best: dict[str, float] = {}
+    for sku, score in per_photo[0] + per_photo[1]:
+        best[sku] = max(best.get(sku, -2.0), score)
+    expected = sorted(best.items(), key=lambda kv: -kv[1])[:4]
+    assert _ranking(result.products) == _rounded(expected)
+
+
+def test_similar_falls_back_to_stored_vectors_when_the_index_lacks_them(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    # Publish an index without sku-10's vector: its bytes in the database serve instead.
+    keep = np.array([world.skus_by_id[vid] != "sku-10" for vid in world.ids.tolist()])
+    root = tmp_path / "partial"
+    _publish(root, world.ids[keep], world.vectors[keep])
+    service = _service(root, session_factory)
+    result = service.similar("sku-10", SearchOptions(k=3))
+    assert result.query_vectors == 1
+    every = {item.sku for item in world.items}
+    expected = _brute_force(world, _vectors_of(world, "sku-10")[0], every, 3, exclude="sku-10")
+    assert _ranking(result.products) == _rounded(expected)
+
+
+def test_similar_unknown_sku_is_not_found(world: World) -> None:
+    with pytest.raises(ProductNotFound):
+        world.service.similar("no-such-sku")
+
+
+def test_merge_best_keeps_each_product_once_with_its_best_score() -> None:
+    a = [ProductHit("x", "X", None, 0.9), ProductHit("y", "Y", None, 0.5)]
+    b = [ProductHit("y", "Y", None, 0.95), ProductHit("z", "Z", None, 0.1)]
+    merged = merge_best([a, b], k=2)
+    assert [(h.sku, h.score) for h in merged] == [("y", 0.95), ("x", 0.9)]
