@@ -31,8 +31,18 @@ class ModelSettings(BaseModel):
     detector_score: float = Field(0.3, ge=0.0, le=1.0)
     detector_classes: Literal["furniture", "all"] = "furniture"
     max_instances: int = Field(20, ge=1)
+    mask_mode: Literal["scene", "box"] = Field(
+        "scene", description="U²-Net-p once per photo (scene) or once per detected box (box)"
+    )
     crop_margin: float = Field(0.1, ge=0.0, le=1.0)
     crop_mode: Literal["box", "mask", "soft"] = "box"
+    lamp_proposals: bool = Field(
+        True, description="add lamp boxes from ImageNet class maps (the lite segmenter)"
+    )
+    lamp_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    category_aware: bool = Field(
+        True, description="search each detected object among compatible catalog categories"
+    )
     oversample: int = Field(4, ge=1, description="vectors fetched per product asked for")
     models_dir: Path = REPO_ROOT / "data" / "models"
     threads: int = Field(0, ge=0, description="torch/onnxruntime threads; 0 = all cores")
@@ -63,6 +73,7 @@ class ModelSettings(BaseModel):
 
 class IndexSettings(BaseModel):
     dir: Path = REPO_ROOT / "data" / "index"
+    feed: Path | None = Field(None, description="default feed for reindex runs started by the API")
     batch_size: int = Field(16, ge=1)
 
 
@@ -71,9 +82,23 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     default_k: int = Field(10, ge=1, le=100)
+    url_timeout_s: float = Field(10.0, gt=0, description="whole fetch of an `image_url`")
+    url_allow_private: bool = Field(
+        False, description="allow `image_url`s on loopback/private addresses (tests, intranets)"
+    )
+    image_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders a merchant's product image paths may point into (besides the sample)",
+    )
     inference_workers: int = Field(
         1, ge=1, description="searches run at once; the rest queue (models use all cores)"
     )
+
+
+class SearchLogSettings(BaseModel):
+    enabled: bool = True
+    store_photos: bool = Field(False, description="keep uploaded photos (privacy: off)")
+    photo_dir: Path = REPO_ROOT / "data" / "search-photos"
 
 
 class Settings(BaseSettings):
@@ -87,3 +112,4 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     index: IndexSettings = IndexSettings()
     api: ApiSettings = ApiSettings()
+    search_log: SearchLogSettings = SearchLogSettings()

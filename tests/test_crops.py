@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from search.crops import (
-    _box_from_mask,
     background_difference_mask,
     crop_instance,
+    plain_background,
     product_instance,
 )
 from search.types import Box, Instance
@@ -95,13 +95,6 @@ def test_mask_shape_must_match_image() -> None:
         crop_instance(_scene(), instance, mode="mask")
 
 
-def test_box_from_mask() -> None:
-    mask = np.zeros((10, 20), dtype=bool)
-    assert _box_from_mask(mask) is None
-    mask[2:5, 3:9] = True
-    assert _box_from_mask(mask) == Box(3, 2, 9, 5)
-
-
 def test_product_instance_background_difference() -> None:
     pixels = np.full((100, 200, 3), 255, dtype=np.uint8)
     pixels[20:70, 50:120] = RED
@@ -142,7 +135,7 @@ def test_product_instance_on_catalog_photo() -> None:
 
     photo = _catalog_photo()
     cheap = product_instance(photo, None)
-    learned = product_instance(photo, U2NetMasker())
+    learned = product_instance(photo, U2NetMasker(), auto=False)
     for instance in (cheap, learned):
         assert 0 <= instance.box.x0 < instance.box.x1 <= photo.width
         assert 0 <= instance.box.y0 < instance.box.y1 <= photo.height
@@ -150,3 +143,11 @@ def test_product_instance_on_catalog_photo() -> None:
     assert cheap.box.iou(learned.box) > 0.8
     crop = crop_instance(photo, learned, mode="mask")
     assert np.asarray(crop)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_plain_background_tells_studio_shots_from_rooms() -> None:
+    assert plain_background(_catalog_photo())
+    rooms = sorted((DATASET / "rooms").glob("*.jpg"))[:5]
+    assert rooms and not any(plain_background(Image.open(r).convert("RGB")) for r in rooms)
+    noisy = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    assert not plain_background(Image.fromarray(noisy))

@@ -60,6 +60,7 @@ LITE_SPECS: dict[int, LiteSpec] = {
     4: LiteSpec(300, _TF_LITE_MEAN, _TF_LITE_STD, None),
 }
 
+STRIDE = 32  # the last feature map's cell, in input pixels
 FEATURE_DIM = 1280  # the Lite head is not width-scaled ("fix_head_stem"), so every variant has it
 RANDOM_SEED = 0
 GEM_P = 3.0
@@ -268,3 +269,28 @@ class EfficientNetLiteEmbedder:
                 logits = self._model._fc(features.mean(dim=(2, 3)))
                 out.append(logits.float().cpu().numpy())
         return np.concatenate(out, axis=0).astype(np.float32, copy=False)
+
+    def class_maps(self, image: Image.Image, long_side: int = 640) -> npt.NDArray[np.float32]:
+        """(1000, h, w) ImageNet probabilities at every cell of the last feature map.
+
+        The classifier head applied per location (class activation maps) on the whole image,
+        resized so its longer side is about `long_side` (a multiple of the network stride).
+        """
+        scale = long_side / max(image.size)
+        width = max(STRIDE, round(image.width * scale / STRIDE) * STRIDE)
+        height = max(STRIDE, round(image.height * scale / STRIDE) * STRIDE)
+        pixels = np.asarray(
+            image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device)
+        normalised = ((batch - self._mean) / self._std).contiguous(
+            memory_format=torch.channels_last
+        )
+        with torch.inference_mode():
+            features = self._model.extract_features(normalised)
+            fc = self._model._fc
+            logits = torch.einsum("nchw,kc->nkhw", features, fc.weight)
+            logits = logits + fc.bias[None, :, None, None]
+            probs = logits.softmax(dim=1)[0]
+        return probs.float().cpu().numpy().astype(np.float32, copy=False)

@@ -15,8 +15,17 @@ from search.types import Box, Detection, Instance
 log = logging.getLogger(__name__)
 
 
+MASK_MODES = ("scene", "box")
+
+
 class LiteSegmenter:
-    """Instance segmentation from a box detector plus a salient-object masker run per box."""
+    """Instance segmentation from a box detector plus a salient-object masker.
+
+    `mask_mode="scene"` runs U²-Net-p once on the whole photo and cuts each instance's mask
+    out of that saliency map inside its box (one call per photo, ~0.25-0.4 s on 2 cores);
+    `"box"` runs it inside every box (sharper per-object masks, one call per instance).
+    A box where the masker finds nothing salient keeps the whole box as its mask.
+    """
 
     name = "lite"
 
@@ -28,21 +37,33 @@ class LiteSegmenter:
         max_instances: int = 20,
         mask_threshold: float = 0.5,
         min_mask_fraction: float = 0.05,
+        mask_mode: str = "scene",
+        proposer: Detector | None = None,
     ) -> None:
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
         self.detector = detector
         self.masker = masker
+        self.mask_mode = mask_mode
+        self.proposer = proposer
         self.max_instances = max_instances
         self.mask_threshold = mask_threshold
         self.min_mask_fraction = min_mask_fraction
-        self.name = f"lite({detector.name}+{masker.name})"
+        parts = [detector.name, masker.name] + ([proposer.name] if proposer else [])
+        self.name = f"lite({'+'.join(parts)})"
 
     def segment(self, image: Image.Image) -> list[Instance]:
         detections = self.detector.detect(image)[: self.max_instances]
+        if self.proposer is not None:
+            detections += self.proposer.detect(image)
         if not detections:
             return []
         regions = [_int_box(d.box, image.width, image.height) for d in detections]
-        crops = [image.crop(r) for r in regions]
-        probabilities = self.masker.probability_batch(crops)
+        if self.mask_mode == "scene":
+            scene = self.masker.probability(image)
+            probabilities = [scene[y0:y1, x0:x1] for x0, y0, x1, y1 in regions]
+        else:
+            probabilities = self.masker.probability_batch([image.crop(r) for r in regions])
         return [
             self._instance(det, region, prob, image.size)
             for det, region, prob in zip(detections, regions, probabilities, strict=True)

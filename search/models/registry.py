@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from search.config import ModelSettings
 from search.errors import InvalidInput
-from search.models.base import Embedder, Segmenter
+from search.models.base import Detector, Embedder, Segmenter
 from search.models.device import resolve_device
 
 EmbedderFactory = Callable[[str, ModelSettings, bool], Embedder]
@@ -42,7 +42,22 @@ def _lite(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
         threads=settings.threads,
     )
     masker = U2NetMasker(threads=settings.threads)
-    return LiteSegmenter(detector, masker, max_instances=settings.max_instances)
+    return LiteSegmenter(
+        detector,
+        masker,
+        max_instances=settings.max_instances,
+        mask_mode=settings.mask_mode,
+        proposer=_lamp_proposer(settings) if settings.lamp_proposals else None,
+    )
+
+
+def _lamp_proposer(settings: ModelSettings) -> Detector:
+    """Lamp boxes from EfficientNet-Lite0's ImageNet class maps (COCO has no lamp)."""
+    from search.models.cam import ClassMapProposer
+    from search.models.efficientnet import EfficientNetLiteEmbedder
+
+    model = EfficientNetLiteEmbedder(0, threads=settings.threads, device="cpu")
+    return ClassMapProposer(model, threshold=settings.lamp_threshold)
 
 
 def _classes(settings: ModelSettings) -> frozenset[str] | None:

@@ -1,0 +1,1 @@
+"""Retrieval quality on real rooms: `roomlens eval` (metrics, runner, reports)."""

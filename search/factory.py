@@ -1,0 +1,28 @@
+"""Build a ready SearchService from settings (the API, the CLI and the eval share this)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from search.categories import label_policy
+from search.config import Settings
+from search.live import LiveIndex
+from search.models.registry import build_embedder, build_segmenter
+from search.service import SearchService
+
+
+def build_service(settings: Settings, session_factory: Callable[[], Session]) -> SearchService:
+    """Load the configured models; the index loads on first use."""
+    embedder = build_embedder(settings.models)
+    segmenter = build_segmenter(settings.models)
+    live = LiveIndex(settings.index.dir, embedder=embedder.name, dim=embedder.dim)
+    return SearchService(
+        segmenter=segmenter,
+        embedder=embedder,
+        live_index=live,
+        session_factory=session_factory,
+        settings=settings.models,
+        category_policy=label_policy() if settings.models.category_aware else None,
+    )

@@ -1,0 +1,85 @@
+"""The offline segmenter (NanoDet + U²-Net-p) on real room and catalog photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from search.coco import FURNITURE_CLASSES
+from search.models.lite import LiteSegmenter
+from search.models.nanodet import NanoDetDetector
+from search.models.u2net import U2NetMasker
+
+DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ikea"
+
+
+@pytest.fixture(scope="module")
+def parts() -> tuple[NanoDetDetector, U2NetMasker]:
+    return NanoDetDetector(classes=FURNITURE_CLASSES), U2NetMasker()
+
+
+def _room() -> Image.Image:
+    rooms = sorted((DATASET / "rooms").glob("*.jpg"))
+    if not rooms:
+        pytest.skip(f"no room photos under {DATASET}")
+    return Image.open(rooms[1]).convert("RGB")
+
+
+@pytest.mark.parametrize("mode", ["scene", "box"])
+def test_masks_lie_in_their_boxes(parts: tuple[NanoDetDetector, U2NetMasker], mode: str) -> None:
+    room = _room()
+    instances = LiteSegmenter(*parts, mask_mode=mode, max_instances=4).segment(room)
+    assert 1 <= len(instances) <= 4
+    for inst in instances:
+        assert inst.mask.shape == (room.height, room.width) and inst.mask.dtype == bool
+        assert inst.mask.any()
+        ys, xs = np.nonzero(inst.mask)
+        assert xs.min() >= int(inst.box.x0) and xs.max() < np.ceil(inst.box.x1)
+        assert ys.min() >= int(inst.box.y0) and ys.max() < np.ceil(inst.box.y1)
+        assert inst.label in FURNITURE_CLASSES
+
+
+def test_nothing_detected_gives_no_instances(parts: tuple[NanoDetDetector, U2NetMasker]) -> None:
+    blank = Image.new("RGB", (300, 200), (250, 250, 250))
+    assert LiteSegmenter(*parts).segment(blank) == []
+
+
+def test_catalog_photo_gives_one_product(parts: tuple[NanoDetDetector, U2NetMasker]) -> None:
+    photo = Image.open(sorted((DATASET / "images").glob("*.jpg"))[0]).convert("RGB")
+    (inst,) = LiteSegmenter(*parts).segment_product(photo)
+    assert inst.label == "product" and 0.01 < inst.mask.mean() < 1.0
+
+
+def test_unknown_mask_mode_refused(parts: tuple[NanoDetDetector, U2NetMasker]) -> None:
+    with pytest.raises(ValueError, match="mask_mode"):
+        LiteSegmenter(*parts, mask_mode="nope")
+
+
+def test_lamp_proposals_on_real_rooms(parts: tuple[NanoDetDetector, U2NetMasker]) -> None:
+    from search.models.cam import ClassMapProposer
+    from search.models.efficientnet import EfficientNetLiteEmbedder
+
+    proposer = ClassMapProposer(EfficientNetLiteEmbedder(0))
+    rooms = sorted((DATASET / "rooms").glob("*.jpg"))[:12]
+    lamps = [d for r in rooms for d in proposer.detect(Image.open(r).convert("RGB"))]
+    assert lamps, "a dozen furnished rooms show at least one lamp"
+    assert all(d.label == "lamp" and 0.3 <= d.score <= 1.0 for d in lamps)
+    room = _room()
+    segmenter = LiteSegmenter(*parts, proposer=proposer)
+    assert "cam(" in segmenter.name
+    for inst in segmenter.segment(room):
+        assert inst.mask.shape == (room.height, room.width)
+
+
+def test_regions_boxes_each_component() -> None:
+    from search.models.cam import regions
+
+    prob = np.zeros((4, 8), dtype=np.float32)
+    prob[0:2, 0:2] = 0.9
+    prob[3, 6:8] = 0.5
+    found = regions(prob, "lamp", 0.4, (800, 400), grow=0.0)
+    boxes = sorted((d.box.as_list(), round(d.score, 2)) for d in found)
+    assert boxes == [([0.0, 0.0, 200.0, 200.0], 0.9), ([600.0, 300.0, 800.0, 400.0], 0.5)]
