@@ -37,12 +37,15 @@ typecheck: $(STAMP)
 	$(BIN)/mypy search indexer api roomlens
 
 pytest: $(STAMP)
+	bash scripts/install-browser.sh || echo "no chromium: the browser test will be skipped"
 	$(BIN)/pytest
 
 test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/index_throughput.py
+	$(BIN)/python bench/search_latency.py
+	$(BIN)/python bench/ann_1m.py
 
 clean:
 	rm -rf $(VENV) data/index data/roomlens.db* .pytest_cache .mypy_cache .ruff_cache

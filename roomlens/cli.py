@@ -15,7 +15,7 @@ from search.errors import RoomlensError
 log = logging.getLogger("roomlens")
 
 # Subcommand groups that live in their own modules, each with `register(subparsers)`.
-PLUGINS = ("roomlens.cli_models",)
+PLUGINS = ("roomlens.cli_index", "roomlens.cli_models", "roomlens.cli_admin")
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command failed; nothing was changed that the next run cannot finish
@@ -30,17 +30,6 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     migrate(settings.database_url)
     print(f"database migrated: {settings.database_url}")
     return EXIT_OK
-
-
-def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
-    from indexer.pipeline import IndexOptions, run_index
-    from search.db import migrate
-
-    migrate(settings.database_url)
-    options = IndexOptions(full=args.full, progress=not args.no_progress, limit=args.limit)
-    report = run_index(args.feed, settings=settings, options=options)
-    print(report.summary())
-    return EXIT_PARTIAL if report.failures else EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,13 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     p.set_defaults(func=cmd_migrate)
-
-    p = sub.add_parser("index", help="index a catalog feed (JSONL or CSV), incrementally")
-    p.add_argument("feed", type=Path)
-    p.add_argument("--full", action="store_true", help="re-segment and re-embed every image")
-    p.add_argument("--limit", type=int, default=None, help="index only the first N products")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("serve", help="serve the HTTP API and the web page")
     p.add_argument("--host", default=None)
