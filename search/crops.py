@@ -173,3 +173,11 @@ def product_instance(
         mask = np.ones((image.height, image.width), dtype=bool)
         box = Box(0.0, 0.0, float(image.width), float(image.height))
     return Instance(box=box, label="product", score=1.0, mask=mask)
+
+
+def largest_or_cutout(found: list[Instance], image: Image.Image) -> list[Instance]:
+    """A catalog photo's product from a scene segmenter's instances: the largest one, or a
+    background-difference cut-out when the segmenter found nothing."""
+    if found:
+        return [max(found, key=lambda instance: instance.mask_area)]
+    return [product_instance(image, None)]

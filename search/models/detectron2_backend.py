@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from search.coco import COCO_CLASSES
-from search.crops import product_instance
+from search.crops import largest_or_cutout
 from search.errors import ModelUnavailable
 from search.models.manage import PROBE_TIMEOUT_S, probe_url
 from search.models.maskrcnn import (
@@ -158,7 +158,4 @@ class Detectron2Segmenter:
 
     def segment_product(self, image: Image.Image) -> list[Instance]:
         """The largest confident instance of any class; else a background-difference mask."""
-        found = self._instances(image, None, 100)
-        if found:
-            return [max(found, key=lambda instance: instance.mask_area)]
-        return [product_instance(image, None)]
+        return largest_or_cutout(self._instances(image, None, 100), image)

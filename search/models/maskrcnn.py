@@ -30,7 +30,7 @@ from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_V2_Weig
 from torchvision.models.detection import maskrcnn_resnet50_fpn_v2 as build_maskrcnn_v2
 
 from search.coco import COCO_CLASSES
-from search.crops import product_instance
+from search.crops import largest_or_cutout
 from search.errors import InvalidInput, ModelUnavailable
 from search.models.device import set_torch_threads
 from search.models.manage import PROBE_TIMEOUT_S, file_sha256, probe_url
@@ -321,6 +321,4 @@ class TorchvisionMaskRCNN:
     def segment_product(self, image: Image.Image) -> list[Instance]:
         """The largest confident instance of any class; else a background-difference mask."""
         found = self._instances(image, None, self.options.detections_per_image)
-        if found:
-            return [max(found, key=lambda instance: instance.mask_area)]
-        return [product_instance(image, None)]
+        return largest_or_cutout(found, image)
