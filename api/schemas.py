@@ -107,6 +107,12 @@ class SearchForm(FilterFields):
         return value
 
 
+class TextQuery(FilterFields):
+    """The body of `POST /v1/search/text`."""
+
+    text: str = Field(min_length=1, max_length=500, description="e.g. 'green velvet armchair'")
+
+
 class SimilarQuery(FilterFields):
     """The query parameters of `GET /v1/products/{sku}/similar`."""
 
@@ -211,6 +217,13 @@ class SimilarResponse(BaseModel):
     sku: str
     index: IndexPublic
     query_vectors: int = Field(description="indexed instance vectors of the product searched with")
+    products: list[ProductPublic]
+    timings_ms: dict[str, float]
+
+
+class TextSearchResponse(BaseModel):
+    text: str
+    index: IndexPublic
     products: list[ProductPublic]
     timings_ms: dict[str, float]
 

@@ -54,6 +54,16 @@ class SearchOptions:
 
 
 @dataclass(frozen=True)
+class TextResult:
+    """Products that match a text query."""
+
+    text: str
+    index: IndexInfo
+    products: list[ProductHit]
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
 class SimilarResult:
     """Products that look like a catalog product (itself excluded)."""
 
@@ -146,6 +156,28 @@ class SearchService:
         ranked = self._rank(loaded.index, vectors, [filters] * len(vectors), options, timer)
         merged = merge_best(ranked, options.k)
         return SimilarResult(sku, index_info(loaded), merged, len(vectors), timer.ms)
+
+    def search_text(self, text: str, options: SearchOptions | None = None) -> TextResult:
+        """Products that match a text description, through the embedder's text tower.
+
+        Raises `InvalidInput` when the embedder has none (the offline EfficientNet models) or
+        the text is blank.
+        """
+        options = options or SearchOptions()
+        embed_text = getattr(self.embedder, "embed_text", None)
+        if embed_text is None:
+            raise InvalidInput(
+                f"the embedder {self.embedder.name} has no text tower: text search needs a "
+                "CLIP embedder (ROOMLENS_MODELS__PROFILE=clip)"
+            )
+        if not text.strip():
+            raise InvalidInput("the text is empty")
+        timer = Timer()
+        loaded = self.live_index.get()
+        with timer.stage("embed"):
+            vectors = np.asarray(embed_text([text]), dtype=np.float32)
+        ranked = self._rank(loaded.index, vectors, [options.filters], options, timer)
+        return TextResult(text, index_info(loaded), ranked[0], timer.ms)
 
     def _widen_empty(
         self,

@@ -397,3 +397,28 @@ def test_merge_best_keeps_each_product_once_with_its_best_score() -> None:
     b = [ProductHit("y", "Y", None, 0.95), ProductHit("z", "Z", None, 0.1)]
     merged = merge_best([a, b], k=2)
     assert [(h.sku, h.score) for h in merged] == [("y", 0.95), ("x", 0.9)]
+
+
+class FakeTextEmbedder(FakeEmbedder):
+    """A text tower that maps 'red' and 'blue' to the colours' query vectors."""
+
+    def embed_text(self, texts: Sequence[str]) -> Vectors:
+        return np.stack([QUERY_RED if "red" in t else QUERY_BLUE for t in texts]).astype(np.float32)
+
+
+def test_text_search_ranks_like_brute_force(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    service = _service(tmp_path / "index", session_factory)
+    service.embedder = FakeTextEmbedder()
+    result = service.search_text("a red sofa", SearchOptions(k=5))
+    every = {item.sku for item in world.items}
+    assert result.text == "a red sofa"
+    assert _ranking(result.products) == _rounded(_brute_force(world, QUERY_RED, every, 5))
+    with pytest.raises(InvalidInput, match="empty"):
+        service.search_text("  ")
+
+
+def test_text_search_without_a_text_tower_is_invalid(world: World) -> None:
+    with pytest.raises(InvalidInput, match="text tower"):
+        world.service.search_text("a red sofa")

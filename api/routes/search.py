@@ -28,6 +28,8 @@ from api.schemas import (
     ProductPublic,
     SearchForm,
     SearchResponse,
+    TextQuery,
+    TextSearchResponse,
     parse_region,
 )
 from api.state import AppState
@@ -79,6 +81,24 @@ async def search(
     metrics.observe_stages("search", response.timings_ms)
     metrics.instances.observe(len(response.instances))
     return response
+
+
+@router.post(
+    "/search/text",
+    response_model=TextSearchResponse,
+    responses=problem_responses(400, 422, 503),
+)
+async def search_text(state: StateDep, pool: PoolDep, query: TextQuery) -> TextSearchResponse:
+    """Products that match a text description (needs an embedder with a text tower, such as
+    the `clip` profile's; the offline models answer 400)."""
+    options = SearchOptions(k=query.k, min_score=query.min_score, filters=product_filter(query))
+    result, _ = await pool.run(partial(state.service.search_text, query.text, options))
+    return TextSearchResponse(
+        text=result.text,
+        index=IndexPublic(**vars(result.index)),
+        products=[product_public(hit) for hit in result.products],
+        timings_ms=_rounded(result.timings_ms),
+    )
 
 
 async def photo_bytes(

@@ -408,3 +408,12 @@ def test_metrics_count_requests_and_time_stages(client: TestClient, room: bytes)
         in text
     )
     assert "roomlens_inference_workers 1.0" in text
+
+
+def test_text_search_needs_a_text_tower(client: TestClient) -> None:
+    resp = client.post("/v1/search/text", json={"text": "green velvet armchair"})
+    assert resp.status_code == 400, resp.text
+    body = resp.json()
+    assert body["code"] == "invalid_input" and "text tower" in body["detail"]
+    assert client.post("/v1/search/text", json={"text": ""}).status_code == 422
+    assert client.post("/v1/search/text", json={}).status_code == 422
