@@ -89,6 +89,13 @@ class SearchForm(FilterFields):
         description="an http(s) URL of a JPEG, PNG or WebP photo, fetched by the server; "
         "give either this or the `image` file",
     )
+    text: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="refine the photo query by words, e.g. 'in green' (needs a text tower: the "
+        "clip profile; the offline models answer 400)",
+    )
     region: str | None = Field(
         None,
         pattern=REGION_PATTERN,

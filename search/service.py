@@ -51,6 +51,10 @@ class SearchOptions:
     min_score: float | None = None
     filters: ProductFilter = field(default_factory=ProductFilter)
     region: Box | None = None
+    text: str | None = None  # refine every instance's query by words ("in green")
+
+
+TEXT_WEIGHT = 0.5  # how far a `text` refinement pulls an image query towards the words
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class SearchService:
             instances = self.instances(image, options.region)
         with timer.stage("embed"):
             vectors = self.embed_instances(image, instances)
+            if options.text is not None:
+                vectors = self._refine(vectors, options.text)
         filters = [self.filter_for(inst, options.filters) for inst in instances]
         ranked = self._rank(loaded.index, vectors, filters, options, timer)
         self._widen_empty(loaded.index, vectors, ranked, filters, options, timer)
@@ -157,13 +163,14 @@ class SearchService:
         merged = merge_best(ranked, options.k)
         return SimilarResult(sku, index_info(loaded), merged, len(vectors), timer.ms)
 
-    def search_text(self, text: str, options: SearchOptions | None = None) -> TextResult:
-        """Products that match a text description, through the embedder's text tower.
+    def _refine(self, vectors: np.ndarray, text: str) -> np.ndarray:
+        """Image query vectors moved towards the text's vector, renormalised."""
+        words = self._embed_text(text)
+        mixed = vectors + TEXT_WEIGHT * words
+        return (mixed / np.linalg.norm(mixed, axis=1, keepdims=True)).astype(np.float32)
 
-        Raises `InvalidInput` when the embedder has none (the offline EfficientNet models) or
-        the text is blank.
-        """
-        options = options or SearchOptions()
+    def _embed_text(self, text: str) -> np.ndarray:
+        """The (1, dim) vector of `text`; `InvalidInput` without a text tower or text."""
         embed_text = getattr(self.embedder, "embed_text", None)
         if embed_text is None:
             raise InvalidInput(
@@ -172,10 +179,19 @@ class SearchService:
             )
         if not text.strip():
             raise InvalidInput("the text is empty")
+        return np.asarray(embed_text([text]), dtype=np.float32)
+
+    def search_text(self, text: str, options: SearchOptions | None = None) -> TextResult:
+        """Products that match a text description, through the embedder's text tower.
+
+        Raises `InvalidInput` when the embedder has none (the offline EfficientNet models) or
+        the text is blank.
+        """
+        options = options or SearchOptions()
         timer = Timer()
         loaded = self.live_index.get()
         with timer.stage("embed"):
-            vectors = np.asarray(embed_text([text]), dtype=np.float32)
+            vectors = self._embed_text(text)
         ranked = self._rank(loaded.index, vectors, [options.filters], options, timer)
         return TextResult(text, index_info(loaded), ranked[0], timer.ms)
 

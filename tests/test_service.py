@@ -422,3 +422,23 @@ def test_text_search_ranks_like_brute_force(
 def test_text_search_without_a_text_tower_is_invalid(world: World) -> None:
     with pytest.raises(InvalidInput, match="text tower"):
         world.service.search_text("a red sofa")
+
+
+def test_text_refines_an_image_query(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    from search.service import TEXT_WEIGHT
+
+    service = _service(tmp_path / "index", session_factory)
+    service.embedder = FakeTextEmbedder()
+    region = Box(0, 0, 100, 100)  # the red half
+    refined = service.search(_photo(), SearchOptions(k=5, region=region, text="but blue"))
+    mixed = QUERY_RED + TEXT_WEIGHT * QUERY_BLUE
+    mixed = (mixed / np.linalg.norm(mixed)).astype(np.float32)
+    every = {item.sku for item in world.items}
+    (group,) = refined.groups
+    assert _ranking(group.products) == _rounded(_brute_force(world, mixed, every, 5))
+    plain = service.search(_photo(), SearchOptions(k=5, region=region)).groups[0]
+    assert _ranking(plain.products) != _ranking(group.products)
+    with pytest.raises(InvalidInput, match="text tower"):
+        world.service.search(_photo(), SearchOptions(region=region, text="blue"))

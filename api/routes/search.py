@@ -141,7 +141,11 @@ def product_filter(fields: FilterFields) -> ProductFilter:
 def search_options(form: SearchForm) -> SearchOptions:
     region = Box(*parse_region(form.region)) if form.region is not None else None
     return SearchOptions(
-        k=form.k, min_score=form.min_score, filters=product_filter(form), region=region
+        k=form.k,
+        min_score=form.min_score,
+        filters=product_filter(form),
+        region=region,
+        text=form.text,
     )
 
 

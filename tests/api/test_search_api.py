@@ -417,3 +417,9 @@ def test_text_search_needs_a_text_tower(client: TestClient) -> None:
     assert body["code"] == "invalid_input" and "text tower" in body["detail"]
     assert client.post("/v1/search/text", json={"text": ""}).status_code == 422
     assert client.post("/v1/search/text", json={}).status_code == 422
+
+
+def test_text_refinement_needs_a_text_tower(client: TestClient, room: bytes) -> None:
+    resp = client.post("/v1/search", files={"image": ("room.jpg", room)}, data={"text": "in green"})
+    assert resp.status_code == 400, resp.text
+    assert "text tower" in resp.json()["detail"]
