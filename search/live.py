@@ -81,6 +81,7 @@ class LiveIndex:
             index, meta = load_index(
                 directory, expected_embedder=self.embedder, expected_dim=self.dim
             )
+            index.to_gpu()  # a GPU replica for searching when faiss sees one; else a no-op
         except RoomlensError as exc:
             self._failed = (directory, time.monotonic() + self.retry_s, exc)
             if current is None or raise_errors:
