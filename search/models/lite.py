@@ -39,6 +39,7 @@ class LiteSegmenter:
         min_mask_fraction: float = 0.05,
         mask_mode: str = "scene",
         proposer: Detector | None = None,
+        duplicate_iou: float = 0.8,
     ) -> None:
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
@@ -46,6 +47,7 @@ class LiteSegmenter:
         self.masker = masker
         self.mask_mode = mask_mode
         self.proposer = proposer
+        self.duplicate_iou = duplicate_iou
         self.max_instances = max_instances
         self.mask_threshold = mask_threshold
         self.min_mask_fraction = min_mask_fraction
@@ -53,7 +55,8 @@ class LiteSegmenter:
         self.name = f"lite({'+'.join(parts)})"
 
     def segment(self, image: Image.Image) -> list[Instance]:
-        detections = self.detector.detect(image)[: self.max_instances]
+        detections = merge_duplicates(self.detector.detect(image), self.duplicate_iou)
+        detections = detections[: self.max_instances]
         if self.proposer is not None:
             detections += self.proposer.detect(image)
         if not detections:
@@ -87,6 +90,16 @@ class LiteSegmenter:
         mask = np.zeros((size[1], size[0]), dtype=bool)
         mask[y0:y1, x0:x1] = local
         return Instance(box=det.box, label=det.label, score=det.score, mask=mask)
+
+
+def merge_duplicates(detections: list[Detection], iou: float) -> list[Detection]:
+    """One detection per object: a box that overlaps a better one by `iou` or more (the same
+    couch also found as a chair) is dropped, whatever its class."""
+    kept: list[Detection] = []
+    for det in sorted(detections, key=lambda d: -d.score):
+        if all(det.box.iou(other.box) < iou for other in kept):
+            kept.append(det)
+    return kept
 
 
 def _int_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:

@@ -83,3 +83,14 @@ def test_regions_boxes_each_component() -> None:
     found = regions(prob, "lamp", 0.4, (800, 400), grow=0.0)
     boxes = sorted((d.box.as_list(), round(d.score, 2)) for d in found)
     assert boxes == [([0.0, 0.0, 200.0, 200.0], 0.9), ([600.0, 300.0, 800.0, 400.0], 0.5)]
+
+
+def test_merge_duplicates_keeps_the_best_of_one_object() -> None:
+    from search.models.lite import merge_duplicates
+    from search.types import Box, Detection
+
+    couch = Detection(Box(0, 0, 100, 50), "couch", 0.5)
+    chair = Detection(Box(1, 0, 100, 51), "chair", 0.46)  # the same object, another class
+    plant = Detection(Box(80, 0, 120, 50), "potted plant", 0.4)  # overlaps, but another object
+    assert merge_duplicates([chair, plant, couch], 0.8) == [couch, plant]
+    assert merge_duplicates([chair, couch], 0.999) == [couch, chair]
