@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING
 
 import cv2
@@ -25,15 +24,6 @@ BACKGROUND_TOLERANCE = 16  # max per-channel difference (0..255) still counted a
 BORDER_WIDTH = 4  # pixels of the image frame sampled for the background colour
 
 RGB = tuple[int, int, int]
-
-
-def _pixel_region(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
-    """Integer (left, top, right, bottom) covering `box`, clipped to the image."""
-    left = max(0, math.floor(box.x0))
-    top = max(0, math.floor(box.y0))
-    right = min(width, math.ceil(box.x1))
-    bottom = min(height, math.ceil(box.y1))
-    return left, top, right, bottom
 
 
 def _dilate(mask: BoolMask, pixels: int) -> BoolMask:
@@ -84,7 +74,7 @@ def crop_instance(
     box = instance.box.clip(width, height)
     if box.width < MIN_BOX_SIDE or box.height < MIN_BOX_SIDE:
         raise ValueError(f"degenerate box {instance.box.as_list()} in a {width}x{height} image")
-    left, top, right, bottom = _pixel_region(box.expand(margin, width, height), width, height)
+    left, top, right, bottom = box.expand(margin, width, height).pixels(width, height)
     crop = image.convert("RGB").crop((left, top, right, bottom))
     if mode == "box":
         return crop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,15 @@ class Box:
             min(max(self.x1, 0.0), float(width)),
             min(max(self.y1, 0.0), float(height)),
         )
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The integer pixel region (left, top, right, bottom) covering the box inside a
+        width x height image, at least 1 px on each side."""
+        x0 = min(max(math.floor(self.x0), 0), width - 1)
+        y0 = min(max(math.floor(self.y0), 0), height - 1)
+        x1 = max(min(math.ceil(self.x1), width), x0 + 1)
+        y1 = max(min(math.ceil(self.y1), height), y0 + 1)
+        return x0, y0, x1, y1
 
     def expand(self, margin: float, width: int, height: int) -> Box:
         """Grow by `margin` of the box's own size on each side, clipped to the image."""

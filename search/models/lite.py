@@ -7,10 +7,10 @@ import logging
 import numpy as np
 from PIL import Image
 
-from search.crops import product_instance
+from search.crops import MIN_BOX_SIDE, product_instance
 from search.models.base import Detector
 from search.models.u2net import U2NetMasker
-from search.types import Box, Detection, Instance
+from search.types import Detection, Instance
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,14 @@ class LiteSegmenter:
         self.name = f"lite({'+'.join(parts)})"
 
     def segment(self, image: Image.Image) -> list[Instance]:
-        detections = merge_duplicates(self.detector.detect(image), self.duplicate_iou)
+        found = [d for d in self.detector.detect(image) if croppable(d, image.size)]
+        detections = merge_duplicates(found, self.duplicate_iou)
         detections = detections[: self.max_instances]
         if self.proposer is not None:
-            detections += self.proposer.detect(image)
+            detections += [d for d in self.proposer.detect(image) if croppable(d, image.size)]
         if not detections:
             return []
-        regions = [_int_box(d.box, image.width, image.height) for d in detections]
+        regions = [d.box.pixels(image.width, image.height) for d in detections]
         if self.mask_mode == "scene":
             scene = self.masker.probability(image)
             probabilities = [scene[y0:y1, x0:x1] for x0, y0, x1, y1 in regions]
@@ -92,6 +93,12 @@ class LiteSegmenter:
         return Instance(box=det.box, label=det.label, score=det.score, mask=mask)
 
 
+def croppable(det: Detection, size: tuple[int, int]) -> bool:
+    """Whether the box, clipped to the image, is big enough to crop and embed."""
+    box = det.box.clip(*size)
+    return box.width >= MIN_BOX_SIDE and box.height >= MIN_BOX_SIDE
+
+
 def merge_duplicates(detections: list[Detection], iou: float) -> list[Detection]:
     """One detection per object: a box that overlaps a better one by `iou` or more (the same
     couch also found as a chair) is dropped, whatever its class."""
@@ -100,12 +107,3 @@ def merge_duplicates(detections: list[Detection], iou: float) -> list[Detection]
         if all(det.box.iou(other.box) < iou for other in kept):
             kept.append(det)
     return kept
-
-
-def _int_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
-    """The integer pixel region covering `box`, at least 1 px on each side, inside the image."""
-    x0 = min(max(int(np.floor(box.x0)), 0), width - 1)
-    y0 = min(max(int(np.floor(box.y0)), 0), height - 1)
-    x1 = max(min(int(np.ceil(box.x1)), width), x0 + 1)
-    y1 = max(min(int(np.ceil(box.y1)), height), y0 + 1)
-    return x0, y0, x1, y1

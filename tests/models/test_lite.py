@@ -94,3 +94,12 @@ def test_merge_duplicates_keeps_the_best_of_one_object() -> None:
     plant = Detection(Box(80, 0, 120, 50), "potted plant", 0.4)  # overlaps, but another object
     assert merge_duplicates([chair, plant, couch], 0.8) == [couch, plant]
     assert merge_duplicates([chair, couch], 0.999) == [couch, chair]
+
+
+def test_boxes_too_small_to_crop_are_dropped() -> None:
+    from search.models.lite import croppable
+    from search.types import Box, Detection
+
+    assert croppable(Detection(Box(10, 10, 40, 30), "chair", 0.5), (100, 100))
+    assert not croppable(Detection(Box(99, 10, 140, 30), "chair", 0.5), (100, 100))  # 1 px in
+    assert not croppable(Detection(Box(10, 10, 11.5, 30), "chair", 0.5), (100, 100))
