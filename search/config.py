@@ -47,6 +47,10 @@ class ModelSettings(BaseModel):
     models_dir: Path = REPO_ROOT / "data" / "models"
     threads: int = Field(0, ge=0, description="torch/onnxruntime threads; 0 = all cores")
     device: str = Field("auto", description="auto (cuda when present), cpu or cuda[:N]")
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="EfficientNet-Lite runtime: auto = onnxruntime on the CPU, torch on a GPU",
+    )
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = Field(
         None,

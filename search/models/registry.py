@@ -27,6 +27,7 @@ def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embed
         pretrained=pretrained,
         threads=settings.threads,
         device=resolve_device(settings.device),
+        runtime=settings.runtime,
     )
 
 
@@ -56,7 +57,9 @@ def _lamp_proposer(settings: ModelSettings) -> Detector:
     from search.models.cam import ClassMapProposer
     from search.models.efficientnet import EfficientNetLiteEmbedder
 
-    model = EfficientNetLiteEmbedder(0, threads=settings.threads, device="cpu")
+    model = EfficientNetLiteEmbedder(
+        0, threads=settings.threads, device="cpu", runtime=settings.runtime
+    )
     return ClassMapProposer(model, threshold=settings.lamp_threshold)
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from PIL import Image
 
 from search.errors import ModelUnavailable
+from search.models.ort import cpu_session
 from search.types import BoolMask
 
 logger = logging.getLogger(__name__)
@@ -73,15 +73,6 @@ def _relaxed_model(path: Path) -> bytes | None:
     return bytes(model.SerializeToString())
 
 
-def _session(model: bytes | str, threads: int) -> ort.InferenceSession:
-    """A CPU inference session; `threads` > 0 pins the intra-op thread count."""
-    options = ort.SessionOptions()
-    if threads > 0:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _is_fixed(dim: object, value: int) -> bool:
     """Whether an ONNX input dim is the fixed integer `value` (symbolic dims are strings/None)."""
     return isinstance(dim, int) and dim == value
@@ -103,7 +94,7 @@ class U2NetMasker:
         self.size = size
         self.model_path = path
         relaxed = _relaxed_model(path)
-        self._session = _session(relaxed if relaxed is not None else str(path), threads)
+        self._session = cpu_session(relaxed if relaxed is not None else str(path), threads)
         model_input = self._session.get_inputs()[0]
         self._input_name: str = model_input.name
         shape = list(model_input.shape)

@@ -168,3 +168,28 @@ def test_lite1_if_installed() -> None:
     vectors = embedder.embed(_synthetic(2))
     assert vectors.shape == (2, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_onnx_runtime_matches_torch(lite0: EfficientNetLiteEmbedder) -> None:
+    """The default CPU runtime (the model exported to onnxruntime) computes torch's features."""
+    torch_run = EfficientNetLiteEmbedder(0, runtime="torch")
+    assert lite0.runtime == "onnx" and torch_run.runtime == "torch"
+    images = [*_catalog("Folding chair", 1), *_synthetic(3)]
+    masks = [None, np.ones((40, 120)), np.eye(90, 33), None]
+    np.testing.assert_allclose(lite0.embed(images), torch_run.embed(images), atol=1e-4)
+    np.testing.assert_allclose(
+        lite0.embed_weighted(images, masks), torch_run.embed_weighted(images, masks), atol=1e-4
+    )
+    np.testing.assert_allclose(lite0.classify(images), torch_run.classify(images), atol=1e-3)
+    np.testing.assert_allclose(
+        lite0.class_maps(images[0], 320), torch_run.class_maps(images[0], 320), atol=1e-4
+    )
+
+
+def test_runtime_choice() -> None:
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        EfficientNetLiteEmbedder(pretrained=False, runtime="tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        efficientnet._pick_runtime("onnx", efficientnet.torch.device("cuda"))
+    assert efficientnet._pick_runtime("auto", efficientnet.torch.device("cuda")) == "torch"
+    assert efficientnet._pick_runtime("auto", efficientnet.torch.device("cpu")) == "onnx"
