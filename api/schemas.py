@@ -37,7 +37,7 @@ class FilterFields(BaseModel):
 
     k: int = Field(10, ge=1, le=100, description="products per instance")
     min_score: float | None = Field(
-        None, ge=-1.0, le=1.0, description="leave out products scoring below this (cosine)"
+        None, ge=-1.0, le=1.0, description="leave out products whose score is below this"
     )
     category: list[Category] = Field(
         default_factory=list,
@@ -165,7 +165,14 @@ class ProductPublic(BaseModel):
     sku: str
     title: str
     category: str | None
-    score: float = Field(description="cosine similarity of the best matching product image")
+    score: float = Field(
+        description="match score that ranks products across the photo's instances: the "
+        "product's share of its instance's match probability (0..1), or the cosine similarity "
+        "when score calibration is off (models.score_temperature = 0)"
+    )
+    similarity: float | None = Field(
+        None, description="cosine similarity of the best matching product image"
+    )
     image_url: str | None = Field(description="the matching catalog image, served by this API")
     price: float | None = None
     currency: str | None = None

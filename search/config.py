@@ -17,7 +17,7 @@ DEFAULT_SAMPLE_DIR = REPO_ROOT.parent / "shared" / "datasets" / "ikea"
 
 
 PROFILES: dict[str, dict[str, str]] = {
-    "offline": {"segmenter": "lite", "embedder": "efficientnet-lite0"},
+    "offline": {"segmenter": "lite", "embedder": "efficientnet-lite0-gem+efficientnet-lite2-gem"},
     "clip": {"segmenter": "torchvision", "embedder": "open-clip"},
 }
 
@@ -39,11 +39,21 @@ class ModelSettings(BaseModel):
     lamp_proposals: bool = Field(
         True, description="add lamp boxes from ImageNet class maps (the lite segmenter)"
     )
-    lamp_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    lamp_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    lamp_long_side: int = Field(
+        960, ge=224, le=2048, description="the photo's longer side for the lamp class maps"
+    )
     category_aware: bool = Field(
         True, description="search each detected object among compatible catalog categories"
     )
     oversample: int = Field(4, ge=1, description="vectors fetched per product asked for")
+    score_temperature: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="softmax temperature that turns an instance's similarities into match "
+        "probabilities (the score); 0 = raw cosine similarity",
+    )
     models_dir: Path = REPO_ROOT / "data" / "models"
     threads: int = Field(0, ge=0, description="torch/onnxruntime threads; 0 = all cores")
     device: str = Field("auto", description="auto (cuda when present), cpu or cuda[:N]")

@@ -55,6 +55,7 @@ class SearchOptions:
 
 
 TEXT_WEIGHT = 0.5  # how far a `text` refinement pulls an image query towards the words
+CALIBRATION_POOL = 20  # an instance's best products whose similarities normalise its scores
 
 
 @dataclass(frozen=True)
@@ -239,8 +240,10 @@ class SearchService:
         hits: list[list[ProductHit]] = [[] for _ in range(len(vectors))]
         pending = list(range(len(vectors)))
         rows: HitRows = {}
+        temperature = self.settings.score_temperature
+        pool = max(options.k, CALIBRATION_POOL) if temperature > 0 else options.k
         with self.session_factory() as session:
-            for fetch in fetch_schedule(options.k, self.settings.oversample, index.ntotal):
+            for fetch in fetch_schedule(pool, self.settings.oversample, index.ntotal):
                 with timer.stage("search"):
                     scores, ids = index.search(vectors[pending], fetch)
                 with timer.stage("catalog"):
@@ -248,30 +251,24 @@ class SearchService:
                     rows.update(hit_rows(session=session, vector_ids=sorted(new)))
                     still = []
                     for row, i in enumerate(pending):
-                        ranked = rank_products(scores[row], ids[row], rows, filters[i], options)
+                        ranked = rank_products(scores[row], ids[row], rows, filters[i], pool)
                         hits[i] = ranked.hits
                         if ranked.needs_more:
                             still.append(i)
                 pending = still
                 if not pending:
                     break
-        return hits
+        return [finish(h, temperature, options) for h in hits]
 
 
 def rank_products(
-    scores: np.ndarray,
-    ids: np.ndarray,
-    rows: HitRows,
-    filters: ProductFilter,
-    options: SearchOptions,
+    scores: np.ndarray, ids: np.ndarray, rows: HitRows, filters: ProductFilter, k: int
 ) -> _Ranked:
     """Each product once, with its best-scoring vector, best first, at most k, filtered."""
     hits: dict[str, ProductHit] = {}
     for score, vid in zip(scores.tolist(), ids.tolist(), strict=True):
         if vid < 0:
             return _Ranked(list(hits.values()), needs_more=False)  # the index ran out
-        if options.min_score is not None and score < options.min_score:
-            return _Ranked(list(hits.values()), needs_more=False)
         row = rows.get(vid)
         if row is None:
             continue
@@ -279,9 +276,37 @@ def rank_products(
         if product.sku in hits or not filters.matches(product):
             continue
         hits[product.sku] = product_hit(product, image_id, score)
-        if len(hits) >= options.k:
+        if len(hits) >= k:
             return _Ranked(list(hits.values()), needs_more=False)
     return _Ranked(list(hits.values()), needs_more=True)
+
+
+def calibrate(hits: Sequence[ProductHit], temperature: float) -> list[ProductHit]:
+    """Scores made comparable between instances: each product's share of its instance's match
+    probability, a softmax of the similarities (at `temperature`) over the instance's best
+    `CALIBRATION_POOL` products. Raw cosines are not comparable between crops (a plain sofa
+    matches everything at 0.8, a lamp on a busy wall nothing above 0.5); this is what ranks
+    products across a photo's instances. Measured on the dev rooms: docs/QUALITY.md.
+    `temperature` 0 keeps the cosine as the score."""
+    if temperature <= 0 or not hits:
+        return [replace(h, similarity=h.score) for h in hits]
+    sims = np.array([h.score for h in hits], dtype=np.float64)
+    weights = np.exp((sims - sims.max()) / temperature)
+    total = weights[:CALIBRATION_POOL].sum()
+    return [
+        replace(h, score=float(w / total), similarity=h.score)
+        for h, w in zip(hits, weights, strict=True)
+    ]
+
+
+def finish(
+    hits: Sequence[ProductHit], temperature: float, options: SearchOptions
+) -> list[ProductHit]:
+    """Calibrated, cut at `options.min_score` and at `options.k`."""
+    scored = calibrate(hits, temperature)
+    if options.min_score is not None:
+        scored = [h for h in scored if h.score >= options.min_score]
+    return scored[: options.k]
 
 
 def merge_best(lists: Sequence[Sequence[ProductHit]], k: int) -> list[ProductHit]:

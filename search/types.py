@@ -97,11 +97,12 @@ class ProductHit:
     sku: str
     title: str
     category: str | None
-    score: float
+    score: float  # the ranking score: calibrated match probability (see search.service)
     image_id: int | None = None
     price: float | None = None
     currency: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    similarity: float | None = None  # cosine similarity of the best matching image
 
 
 @dataclass(frozen=True, eq=False)

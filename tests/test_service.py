@@ -19,7 +19,14 @@ from search.errors import InvalidInput, ProductNotFound
 from search.filters import ProductFilter
 from search.index import FaissIndex, IndexMeta, publish_current, save_index, version_dir
 from search.live import LiveIndex
-from search.service import REGION_LABEL, SearchOptions, SearchService, merge_best
+from search.service import (
+    CALIBRATION_POOL,
+    REGION_LABEL,
+    SearchOptions,
+    SearchService,
+    calibrate,
+    merge_best,
+)
 from search.types import Box, Instance, ProductHit, Vectors
 
 DIM = 8
@@ -169,14 +176,21 @@ def _publish(root: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
 
 
 def _service(
-    root: Path, session_factory: sessionmaker[Session], *, oversample: int = 1, **kwargs: object
+    root: Path,
+    session_factory: sessionmaker[Session],
+    *,
+    oversample: int = 1,
+    temperature: float = 0.0,
+    **kwargs: object,
 ) -> SearchService:
+    """A service over the fake models; scores are raw cosines unless `temperature` > 0."""
+    settings = ModelSettings(oversample=oversample, crop_margin=0.0, score_temperature=temperature)
     return SearchService(
         segmenter=FakeSegmenter(),
         embedder=FakeEmbedder(),
         live_index=LiveIndex(root, embedder=EMBEDDER, dim=DIM),
         session_factory=session_factory,
-        settings=ModelSettings(oversample=oversample, crop_margin=0.0),
+        settings=settings,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -442,3 +456,38 @@ def test_text_refines_an_image_query(
     assert _ranking(plain.products) != _ranking(group.products)
     with pytest.raises(InvalidInput, match="text tower"):
         world.service.search(_photo(), SearchOptions(region=region, text="blue"))
+
+
+def test_calibrated_scores_are_match_probabilities(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """With a temperature, each product's score is its share of a softmax over the instance's
+    best CALIBRATION_POOL similarities: same order as the cosines, independent of k."""
+    service = _service(tmp_path / "index", session_factory, temperature=0.05)
+    every = {item.sku for item in world.items}
+    reference = _brute_force(world, QUERY_RED, every, 30)
+    sims = np.array([score for _, score in reference])
+    weights = np.exp((sims - sims[0]) / 0.05)
+    expected = weights / weights[:CALIBRATION_POOL].sum()
+    red = service.search(_photo(), SearchOptions(k=30)).groups[0]
+    assert [h.sku for h in red.products] == [sku for sku, _ in reference]
+    np.testing.assert_allclose([h.score for h in red.products], expected, rtol=1e-4)
+    np.testing.assert_allclose([h.similarity for h in red.products], sims, atol=1e-5)
+    assert sum(h.score for h in red.products[:CALIBRATION_POOL]) == pytest.approx(1.0)
+    top3 = service.search(_photo(), SearchOptions(k=3)).groups[0].products
+    assert [(h.sku, h.score) for h in top3] == [(h.sku, h.score) for h in red.products[:3]]
+    cut = red.products[4].score
+    kept = service.search(_photo(), SearchOptions(k=30, min_score=cut)).groups[0].products
+    assert [h.sku for h in kept] == [h.sku for h in red.products[:5]]
+
+
+def test_calibrate_by_hand() -> None:
+    hits = [ProductHit(f"s{i}", "t", None, score) for i, score in enumerate((0.9, 0.8, 0.8))]
+    assert [h.score for h in calibrate(hits, 0.0)] == [0.9, 0.8, 0.8]
+    scored = calibrate(hits, 0.1)
+    e = np.exp(-1.0)
+    assert [h.score for h in scored] == pytest.approx(
+        [1 / (1 + 2 * e), e / (1 + 2 * e)] + [e / (1 + 2 * e)]
+    )
+    assert [h.similarity for h in scored] == [0.9, 0.8, 0.8]
+    assert calibrate([], 0.1) == []

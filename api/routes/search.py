@@ -220,6 +220,7 @@ def product_public(hit: ProductHit) -> ProductPublic:
         title=hit.title,
         category=hit.category,
         score=round(hit.score, 4),
+        similarity=round(hit.similarity, 4) if hit.similarity is not None else None,
         image_url=f"/v1/images/{hit.image_id}" if hit.image_id is not None else None,
         price=hit.price,
         currency=hit.currency,

