@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ from sqlalchemy import Integer, insert, select, text
 from api.state import AppState, build_state
 from indexer.pipeline import IndexModels, IndexOptions, IndexReport, run_index
 from search.config import IndexSettings, Settings
-from search.db import Base, make_engine, make_session_factory, migrate
-from search.live import LiveIndex
+from search.db import Base, make_engine, migrate
 from search.models.base import Segmenter
-from search.service import SearchOptions, SearchService
+from search.service import SearchOptions
 from search.types import Box, Instance, SearchResult
+from tests.app_states import state_for
 
 CATEGORIES = ("sofa", "armchair", "table", "chair_stool_bench")
 PER_CATEGORY = 3
@@ -115,23 +115,6 @@ def loaded_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppState]
     state = build_state(settings)
     yield state
     state.engine.dispose()
-
-
-def state_for(loaded: AppState, settings: Settings) -> AppState:
-    """`loaded`'s models on the database and index of `settings` (dispose its engine)."""
-    engine = make_engine(settings.database_url)
-    sessions = make_session_factory(engine)
-    embedder = loaded.service.embedder
-    service = SearchService(
-        segmenter=loaded.service.segmenter,
-        embedder=embedder,
-        live_index=LiveIndex(settings.index.dir, embedder=embedder.name, dim=embedder.dim),
-        session_factory=sessions,
-        settings=settings.models,
-    )
-    return replace(
-        loaded, settings=settings, engine=engine, session_factory=sessions, service=service
-    )
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,8 @@ from tests.admin.conftest import (
     IndexedCatalog,
     Searched,
     copy_rows,
-    state_for,
 )
+from tests.app_states import state_for
 
 pytestmark = pytest.mark.slow
 

@@ -69,6 +69,18 @@ def make_settings(db_url: str, root: Path) -> Settings:
     return Settings(database_url=db_url, index=IndexSettings(dir=root / "index"))
 
 
+@pytest.fixture
+def feed(tmp_path: Path, sample_dir: Path, catalog_rows: list[dict[str, Any]]) -> FeedDir:
+    """An empty feed folder over the first catalog rows, in this test's temp folder."""
+    return FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    """Settings on the test's database (SQLite or PostgreSQL) and an index in its temp folder."""
+    return make_settings(db_url, tmp_path)
+
+
 @dataclass
 class IndexState:
     """What a run left: per sku the stored vectors (by id order), DB ids and index ids."""

@@ -85,15 +85,13 @@ def _kill_after_first_batch(settings: Settings, process: subprocess.Popen[bytes]
 
 
 def test_kill_9_mid_run_then_run_again_equals_a_clean_run(
-    db_url: str,
+    settings: Settings,
     tmp_path: Path,
-    sample_dir: Path,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:10]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
     run_index(feed.write(skus[:6]), settings=settings, options=OPTIONS, models=index_models)
     served = current_version(settings.index.dir)
 
@@ -128,16 +126,13 @@ def test_kill_9_mid_run_then_run_again_equals_a_clean_run(
 
 
 def test_a_run_that_dies_while_publishing_is_caught_up_by_the_next(
-    db_url: str,
-    tmp_path: Path,
-    sample_dir: Path,
+    settings: Settings,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:3]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
     run_index(feed.write(skus[:2]), settings=settings, options=OPTIONS, models=index_models)
     served = current_version(settings.index.dir)
 
@@ -161,7 +156,7 @@ def test_a_run_that_dies_while_publishing_is_caught_up_by_the_next(
     assert (again.status, again.images_processed, again.new_version) == ("succeeded", 0, True)
     read_state(settings).assert_consistent()
     assert run_doctor(settings, expected).exit_code == 0
-    engine = make_engine(db_url)
+    engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as session:
         statuses = session.scalars(select(IndexBuild.status).order_by(IndexBuild.id)).all()
     engine.dispose()

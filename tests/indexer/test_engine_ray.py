@@ -23,12 +23,11 @@ pytestmark = [
 
 def test_ray_engine_gives_the_same_index_as_the_local_engine(
     tmp_path: Path,
-    sample_dir: Path,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:4]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
     path = feed.write(skus)
     local = make_settings(f"sqlite:///{tmp_path / 'local.db'}", tmp_path / "local")
     distributed = make_settings(f"sqlite:///{tmp_path / 'ray.db'}", tmp_path / "ray")

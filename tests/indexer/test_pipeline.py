@@ -17,6 +17,7 @@ from indexer.lock import database_lock, file_lock
 from indexer.pipeline import IndexOptions, publish_index, reindex_products, run_index
 from indexer.stages import IndexModels
 from search import catalog
+from search.config import Settings
 from search.db import IndexRun, ProductImage, make_engine, make_session_factory
 from search.errors import IndexerBusy
 from search.index import list_versions
@@ -43,15 +44,13 @@ def _doctor_ok(settings: Any, models: IndexModels) -> None:
 
 
 def test_incremental_run_gives_the_same_index_as_a_full_run(
-    db_url: str,
+    settings: Settings,
     tmp_path: Path,
-    sample_dir: Path,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:7]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
     first = run_index(feed.write(skus[:6]), settings=settings, options=OPTIONS, models=index_models)
     assert (first.status, first.images_processed, first.products.inserted) == ("succeeded", 6, 6)
     before = read_state(settings)
@@ -91,15 +90,12 @@ def test_incremental_run_gives_the_same_index_as_a_full_run(
 
 
 def test_bad_rows_and_broken_images_are_recorded_and_the_run_goes_on(
-    db_url: str,
-    tmp_path: Path,
-    sample_dir: Path,
+    settings: Settings,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:4]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
     run_index(feed.write(skus), settings=settings, options=OPTIONS, models=index_models)
 
     feed.image_path(skus[1]).write_bytes(b"not a jpeg at all")
@@ -120,7 +116,7 @@ def test_bad_rows_and_broken_images_are_recorded_and_the_run_goes_on(
     assert skus[0] in state.vectors, "a feed with bad lines removes nothing"
     assert len(state.vectors[skus[1]]) == 1, "a broken image keeps its last good vectors"
 
-    [*_, last] = _runs(db_url)
+    [*_, last] = _runs(settings.database_url)
     assert (last.status, last.version, last.pid) == ("partial", report.version, last.pid)
     assert last.failures["feed_total"] == 2 and last.failures["images_total"] == 1
     assert last.failures["images"][0]["sku"] == skus[1]
@@ -137,15 +133,12 @@ def test_bad_rows_and_broken_images_are_recorded_and_the_run_goes_on(
 
 
 def test_versions_are_pruned_and_one_run_at_a_time(
-    db_url: str,
-    tmp_path: Path,
-    sample_dir: Path,
+    settings: Settings,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:3]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
     published = []
     for n in (1, 2, 3):
         report = run_index(
@@ -156,14 +149,14 @@ def test_versions_are_pruned_and_one_run_at_a_time(
 
     with file_lock(settings.index.dir / "indexer.lock"), pytest.raises(IndexerBusy):
         run_index(feed.path, settings=settings, options=OPTIONS, models=index_models)
-    engine = make_engine(db_url)
+    engine = make_engine(settings.database_url)
     try:
         if engine.dialect.name == "postgresql":  # another host: only the database lock
             with database_lock(engine), pytest.raises(IndexerBusy):
                 run_index(feed.path, settings=settings, options=OPTIONS, models=index_models)
     finally:
         engine.dispose()
-    assert [r.status for r in _runs(db_url)] == ["succeeded"] * 3
+    assert [r.status for r in _runs(settings.database_url)] == ["succeeded"] * 3
 
 
 class _StopAfter:
@@ -181,23 +174,20 @@ class _StopAfter:
 
 
 def test_an_interrupted_full_run_is_resumed_by_the_next_one(
-    db_url: str,
-    tmp_path: Path,
-    sample_dir: Path,
+    settings: Settings,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:6]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
     path = feed.write(skus)
     run_index(path, settings=settings, options=OPTIONS, models=index_models)
     full = replace(OPTIONS, full=True, batch_size=2, model_batch=2)
     stopping = IndexModels(index_models.segmenter, _StopAfter(index_models.embedder, 2))
     with pytest.raises(KeyboardInterrupt):
         run_index(path, settings=settings, options=full, models=stopping)
-    assert _runs(db_url)[-1].status == "interrupted"
-    engine = make_engine(db_url)
+    assert _runs(settings.database_url)[-1].status == "interrupted"
+    engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as session:
         pending = session.scalars(select(ProductImage).where(ProductImage.status == "pending"))
         assert len(list(pending)) == 4
@@ -214,15 +204,12 @@ def test_an_interrupted_full_run_is_resumed_by_the_next_one(
 
 
 def test_reindex_some_products_now_and_publish_after_a_delete(
-    db_url: str,
-    tmp_path: Path,
-    sample_dir: Path,
+    settings: Settings,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:3]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
     first = run_index(feed.write(skus), settings=settings, options=OPTIONS, models=index_models)
     again = reindex_products([skus[1]], settings=settings, options=OPTIONS, models=index_models)
     assert (again.status, again.images_processed, again.images_unchanged) == ("succeeded", 1, 0)
@@ -231,20 +218,19 @@ def test_reindex_some_products_now_and_publish_after_a_delete(
     state.assert_consistent()
     assert state.db_ids[-1] == 4, "the product got a new vector id"
 
-    engine = make_engine(db_url)
+    engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as session, session.begin():
         catalog.remove_products(session=session, skus=[skus[0]])
     engine.dispose()
     published = publish_index(settings=settings, options=OPTIONS, models=index_models)
     assert (published.status, published.vector_count, published.images_total) == ("succeeded", 2, 0)
     read_state(settings).assert_consistent()
-    assert [r.feed for r in _runs(db_url)][1:] == [f"products: {skus[1]}", "publish"]
+    assert [r.feed for r in _runs(settings.database_url)][1:] == [f"products: {skus[1]}", "publish"]
 
 
 def test_a_csv_feed_with_relative_and_absolute_paths(
-    tmp_path: Path, sample_dir: Path, catalog_rows: list[dict[str, Any]], index_models: IndexModels
+    tmp_path: Path, feed: FeedDir, catalog_rows: list[dict[str, Any]], index_models: IndexModels
 ) -> None:
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
     feed.write([row["sku"] for row in catalog_rows[:2]])  # copies the two photos
     a, b = catalog_rows[:2]
     csv = tmp_path / "feed" / "feed.csv"

@@ -19,10 +19,8 @@ from api.state import AppState, build_state
 from indexer.pipeline import IndexOptions, IndexReport, run_index
 from indexer.stages import IndexModels
 from search.config import Settings
-from search.db import make_engine, make_session_factory
-from search.live import LiveIndex
-from search.service import SearchService
-from tests.indexer.conftest import FeedDir, make_settings
+from tests.app_states import state_for
+from tests.indexer.conftest import FeedDir
 
 pytestmark = pytest.mark.slow
 
@@ -50,22 +48,10 @@ class _PausingEmbedder:
 
 
 @pytest.fixture
-def app_state(base_state: AppState, db_url: str, tmp_path: Path) -> Iterator[AppState]:
-    settings = make_settings(db_url, tmp_path)
-    engine = make_engine(db_url)
-    sessions = make_session_factory(engine)
-    embedder = base_state.service.embedder
-    service = SearchService(
-        segmenter=base_state.service.segmenter,
-        embedder=embedder,
-        live_index=LiveIndex(settings.index.dir, embedder=embedder.name, dim=embedder.dim),
-        session_factory=sessions,
-        settings=settings.models,
-    )
-    yield replace(
-        base_state, settings=settings, engine=engine, session_factory=sessions, service=service
-    )
-    engine.dispose()
+def app_state(base_state: AppState, settings: Settings) -> Iterator[AppState]:
+    state = state_for(base_state, settings)
+    yield state
+    state.engine.dispose()
 
 
 def _search(client: TestClient, photo: Path) -> tuple[str, list[str]]:
@@ -79,12 +65,10 @@ def _search(client: TestClient, photo: Path) -> tuple[str, list[str]]:
 
 def test_searches_are_answered_throughout_a_reindex_then_the_new_version_is_served(
     app_state: AppState,
-    tmp_path: Path,
-    sample_dir: Path,
+    feed: FeedDir,
     catalog_rows: list[dict[str, Any]],
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:5]]
-    feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
     path = feed.write(skus)
     service = app_state.service
     models = IndexModels(service.segmenter, service.embedder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -26,13 +26,7 @@ SMALL_MODEL = "ViT-S-32"  # same code path as ViT-B-32, half the build time
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, refused at once
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: much faster than two on a shared 2-core box; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

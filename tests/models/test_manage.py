@@ -30,13 +30,7 @@ NANODET_SHA256 = "ceaaafe9cb954496426b750682b9d1f593721d109668dbb4d525945cda99be
 CLOSED_PORT_URL = "http://127.0.0.1:9"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: much faster than two on a shared 2-core box; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

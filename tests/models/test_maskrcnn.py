@@ -8,7 +8,6 @@ on CPU the defaults (800 px, 1000 proposals) take ~15 s per image.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,13 +38,7 @@ WIDTH, HEIGHT = 160, 120
 CLASS_NAMES = category_names(WEIGHTS.meta["categories"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: much faster than two on a shared 2-core box; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _settings(**overrides: object) -> ModelSettings:
