@@ -25,6 +25,7 @@ import importlib
 import io
 import logging
 import pickle
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +77,18 @@ BATCH_SIZE = 32  # images per forward pass inside embed/classify
 Mask = npt.NDArray[np.floating] | npt.NDArray[np.bool_]
 RUNTIMES = ("auto", "onnx", "torch")
 ONNX_OPSET = 17
+
+
+def lite_name(variant: int, pooling: str = "avg") -> str:
+    """The embedder's identity: "efficientnet-lite2", or "efficientnet-lite2-gem" with GeM
+    (the pooling changes the vectors, so the index records it)."""
+    return f"efficientnet-lite{variant}" + ("" if pooling == "avg" else f"-{pooling}")
+
+
+def parse_lite_name(name: str) -> tuple[int, str] | None:
+    """(variant, pooling) of a `lite_name`, or None when `name` is not one."""
+    match = re.fullmatch(r"efficientnet-lite([0-4])(?:-(gem))?", name)
+    return None if match is None else (int(match.group(1)), match.group(2) or "avg")
 
 
 def _square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
@@ -178,9 +191,7 @@ class EfficientNetLiteEmbedder:
         self.pooling = pooling
         self.device = torch.device(device)
         weights = (weights_path or weights_file(variant, self.spec)) if pretrained else None
-        # the pooling changes the vectors, so it is part of the identity the index records
-        pooled = "" if pooling == "avg" else f"-{pooling}"
-        self.name = f"efficientnet-lite{variant}{pooled}" + ("" if pretrained else "-random")
+        self.name = lite_name(variant, pooling) + ("" if pretrained else "-random")
         # channels_last: ~20% faster depthwise convs on CPU, identical outputs
         self._model = _build_model(variant, weights).to(
             self.device, memory_format=torch.channels_last

