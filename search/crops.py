@@ -124,16 +124,18 @@ def background_difference_mask(
     everything else (including enclosed background-coloured parts of the product) is foreground.
     """
     pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    diff = np.abs(pixels.astype(np.int16) - _border_colour(pixels)).max(axis=2)
-    similar = (diff <= tolerance).astype(np.uint8)
-    _, labels = cv2.connectedComponents(similar, connectivity=4)
-    frame = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    border_labels = np.unique(frame)
-    border_labels = border_labels[border_labels > 0]  # label 0 = the non-similar pixels
-    foreground = ~np.isin(labels, border_labels)
-    opened = cv2.morphologyEx(
-        foreground.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), dtype=np.uint8)
-    )
+    # "Within tolerance on every channel" as one range test: ~6x faster than the max over the
+    # channels of |pixels - colour| (numpy's reduction over a length-3 axis is slow).
+    colour = _border_colour(pixels).astype(np.int32)
+    low = np.clip(colour - tolerance, 0, 255).astype(np.uint8)
+    high = np.clip(colour + tolerance, 0, 255).astype(np.uint8)
+    similar = cv2.inRange(pixels, low, high)
+    count, labels = cv2.connectedComponents(similar, connectivity=4)
+    background = np.zeros(count, dtype=bool)  # per label: similar and touching the frame
+    background[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    background[0] = False  # label 0 = the non-similar pixels
+    foreground = (~background[labels]).astype(np.uint8)
+    opened = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, np.ones((3, 3), dtype=np.uint8))
     return np.asarray(opened, dtype=bool)
 
 

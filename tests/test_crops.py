@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from search.crops import (
+    BACKGROUND_TOLERANCE,
     background_difference_mask,
     crop_instance,
     plain_background,
@@ -110,6 +111,22 @@ def test_product_instance_plain_grey_background() -> None:
     pixels = np.full((60, 60, 3), 90, dtype=np.uint8)
     pixels[10:30, 25:50] = (10, 200, 10)
     assert background_difference_mask(Image.fromarray(pixels)).sum() == 20 * 25
+
+
+def test_background_difference_tolerance_is_per_channel_and_inclusive() -> None:
+    """A pixel is background when every channel is within the tolerance of the border colour,
+    bounds included, also where the tolerance reaches past 0 or 255."""
+    tol = BACKGROUND_TOLERANCE
+    for border in ((250, 250, 250), (5, 128, 251)):
+        pixels = np.full((40, 40, 3), border, dtype=np.uint8)
+        inside = np.clip(np.array(border) + np.array([tol, -tol, tol]), 0, 255)
+        pixels[5:15, 5:15] = inside  # background-coloured: joins the frame's region
+        outside = np.array(border)
+        outside[1] = border[1] + tol + 1 if border[1] + tol + 1 <= 255 else border[1] - tol - 1
+        pixels[20:30, 20:30] = outside  # one channel one step past: the product
+        mask = background_difference_mask(Image.fromarray(pixels))
+        assert not mask[5:15, 5:15].any()
+        assert mask[20:30, 20:30].all() and mask.sum() == 100
 
 
 def test_product_instance_empty_falls_back_to_whole_image() -> None:
