@@ -88,3 +88,21 @@ def test_torchvision_gets_its_settings() -> None:
     assert getattr(segmenter, "classes", None) == FURNITURE_CLASSES
     assert getattr(segmenter, "max_instances", None) == 7
     assert str(getattr(segmenter, "device", "")) == "cpu"
+
+
+def test_the_lamp_proposer_shares_the_embedders_lite0() -> None:
+    """One Lite0 network and onnxruntime session serve the lamp class maps and the embedder's
+    Lite0 part; another thread count gets its own session."""
+    from search.models.cam import ClassMapProposer
+    from search.models.efficientnet import EfficientNetLiteEmbedder
+    from search.models.lite import LiteSegmenter
+
+    settings = ModelSettings(threads=1)
+    embedder, segmenter = build_embedder(settings), build_segmenter(settings)
+    assert isinstance(embedder, ConcatEmbedder) and isinstance(segmenter, LiteSegmenter)
+    lite0, proposer = embedder.parts[0], segmenter.proposer
+    assert isinstance(lite0, EfficientNetLiteEmbedder) and isinstance(proposer, ClassMapProposer)
+    assert lite0.variant == proposer.model.variant == 0
+    assert proposer.model._session is lite0._session is not None
+    assert proposer.model._model is lite0._model
+    assert EfficientNetLiteEmbedder(0, threads=2)._session is not lite0._session
