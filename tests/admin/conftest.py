@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 from PIL import Image
 from sqlalchemy import Integer, insert, select, text
+from sqlalchemy.orm import Session
 
 from api.state import AppState, build_state
 from indexer.pipeline import IndexModels, IndexOptions, IndexReport, run_index
 from search.config import IndexSettings, Settings
-from search.db import Base, make_engine, migrate
+from search.db import Base, make_engine, make_session_factory, migrate
 from search.models.base import Segmenter
 from search.service import SearchOptions
 from search.types import Box, Instance, SearchResult
@@ -181,6 +182,17 @@ def catalog_copy(indexed_catalog: IndexedCatalog) -> Callable[[str], str]:
 def catalog_db(db_url: str, catalog_copy: Callable[[str], str]) -> str:
     """A fresh copy of the indexed catalog, on SQLite and on PostgreSQL."""
     return catalog_copy(db_url)
+
+
+@pytest.fixture
+def db(catalog_db: str) -> Iterator[Session]:
+    """A session on this test's copy of the indexed catalog."""
+    engine = make_engine(catalog_db)
+    try:
+        with make_session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from itertools import combinations
 from pathlib import Path
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from indexer.sources import item_from_record
 from search import admin, catalog
-from search.db import IndexRun, make_engine, make_session_factory, utcnow
+from search.db import IndexRun, utcnow
 from search.duplicates import DuplicateOptions, near_duplicates
 from search.errors import Forbidden, InvalidInput, NotFound, ProductNotFound
 from search.index import FaissIndex, current_version_dir, load_current, read_meta
@@ -22,16 +21,6 @@ from search.masks import decode_rle
 from tests.admin.conftest import BLANK, BROKEN, DUP_ACME, DUP_BIRCH, IndexedCatalog
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def db(catalog_db: str) -> Iterator[Session]:
-    engine = make_engine(catalog_db)
-    try:
-        with make_session_factory(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
-from search.db import SearchLogEntry, make_engine, make_session_factory
+from search.db import SearchLogEntry
 from search.errors import InvalidInput
 from search.querylog import (
     LogQuery,
@@ -26,16 +25,6 @@ from tests.admin.conftest import IndexedCatalog, Searched
 pytestmark = pytest.mark.slow
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(catalog_db: str) -> Iterator[Session]:
-    engine = make_engine(catalog_db)
-    try:
-        with make_session_factory(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
 
 
 def test_record_search_keeps_what_the_search_found(
