@@ -40,15 +40,13 @@ sys.path.insert(0, str(REPO))
 
 from indexer.pipeline import IndexOptions, IndexReport, run_index  # noqa: E402
 from indexer.sources import parse_feed  # noqa: E402
-from indexer.stages import IndexModels  # noqa: E402
+from indexer.stages import IndexModels, new_instance  # noqa: E402
 from search import catalog  # noqa: E402
-from search.catalog import ImageState, NewInstance  # noqa: E402
+from search.catalog import ImageState  # noqa: E402
 from search.config import IndexSettings, ModelSettings, Settings  # noqa: E402
 from search.crops import crop_instance  # noqa: E402
 from search.db import make_engine, make_session_factory, migrate  # noqa: E402
 from search.images import decode_image  # noqa: E402
-from search.masks import encode_rle  # noqa: E402
-from search.models.registry import build_embedder, build_segmenter  # noqa: E402
 from search.timing import Timer  # noqa: E402
 
 STAGES = ("read", "hash", "decode", "segment", "crop", "embed", "write")
@@ -131,15 +129,10 @@ def plain_loop(models: IndexModels, settings: Settings, feed: Path, root: Path) 
         for inst in instances:
             with timer.stage("crop"):
                 crop = crop_instance(image, inst, margin=margin, mode=mode)
-                rle = encode_rle(inst.mask)
+                row = new_instance(inst, models.embedder.name)
             with timer.stage("embed"):
                 vector = models.embedder.embed([crop])[0]
-            rows.append(
-                NewInstance(
-                    inst.label, inst.score, inst.box, rle, inst.mask_area, models.embedder.name
-                )
-            )
-            rows[-1] = replace(rows[-1], vector=np.ascontiguousarray(vector).tobytes())
+            rows.append(replace(row, vector=np.ascontiguousarray(vector).tobytes()))
         with timer.stage("write"), sessions() as session, session.begin():
             ids = catalog.next_vector_ids(session=session, n=len(rows))
             rows = [replace(row, vector_id=i) for row, i in zip(rows, ids, strict=True)]
@@ -154,12 +147,6 @@ def plain_loop(models: IndexModels, settings: Settings, feed: Path, root: Path) 
             )
     wall = time.perf_counter() - start
     return Phase(timer.ms, wall, cpu_seconds() - cpu, wall)
-
-
-def pipeline_models(models: ModelSettings, workers: int) -> IndexModels:
-    """The models as `run_index` builds them: one intra-op thread each with several workers."""
-    one_thread = models.model_copy(update={"threads": 1}) if workers > 1 else models
-    return IndexModels(build_segmenter(one_thread), build_embedder(one_thread))
 
 
 def embed_cpu_ms(models: IndexModels, settings: Settings, images: list[Path], batch: int) -> float:
@@ -182,7 +169,7 @@ def pipeline(
     feed: Path, args: argparse.Namespace, root: Path, models: ModelSettings, built: IndexModels
 ) -> tuple[IndexReport, Phase]:
     """`run_index` as `roomlens index` runs it, with its models built here as the run builds
-    them itself (`pipeline_models`), so that the CPU time measured is the run's own."""
+    them itself (`IndexModels.build`), so that the CPU time measured is the run's own."""
     workers = args.model_workers or os.cpu_count() or 1
     settings = Settings(
         database_url=fresh_database(root / "pipeline.db"),
@@ -220,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings()
     cores = os.cpu_count() or 1
-    models = IndexModels(build_segmenter(settings.models), build_embedder(settings.models))
+    models = IndexModels.build(settings.models)
     with tempfile.TemporaryDirectory(prefix="roomlens-bench-") as tmp:
         root = Path(tmp)
         feed, images = feed_subset(args.feed, args.limit, root)
@@ -236,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm_feed, _ = feed_subset(args.feed, 4, root / "warm-up")
         plain_loop(models, settings, warm_feed, root / "warm-up")
         plain = None if args.skip_plain else plain_loop(models, settings, feed, root)
-        built = pipeline_models(settings.models, args.model_workers or cores)
+        built = IndexModels.build(settings.models, workers=args.model_workers or cores)
         embed_ms = embed_cpu_ms(built, settings, images[:64], args.model_batch)
         report, piped = pipeline(feed, args, root, settings.models, built)
     figures: dict[str, object] = {"images": n, "pipeline": report.timings_ms}

@@ -32,7 +32,6 @@ from indexer.stages import (
 )
 from search.config import ModelSettings
 from search.errors import RoomlensError
-from search.models.registry import build_embedder, build_segmenter
 
 if TYPE_CHECKING:
     from indexer.pipeline import IndexOptions
@@ -52,7 +51,7 @@ class Analyser:
     """A Ray Data actor: builds the models once, then loads and analyses batches of jobs."""
 
     def __init__(self, models: ModelSettings, config: StageConfig, fetch: FetchPolicy) -> None:
-        self.models = IndexModels(build_segmenter(models), build_embedder(models))
+        self.models = IndexModels.build(models)
         self.config = config
         self.fetcher = Fetcher(fetch)
 

@@ -37,7 +37,7 @@ from search import catalog
 from search.config import Settings
 from search.db import make_engine, make_session_factory
 from search.models.base import Embedder
-from search.models.registry import build_embedder, build_segmenter
+from search.models.registry import build_embedder
 from search.timing import Timer
 
 __all__ = [
@@ -237,10 +237,8 @@ class _Run:
         keys the vectors. The Ray engine's workers build their own; publishing needs none."""
         local = self.options.engine == "local" and self.scope.skus != ()
         if models is None and local:
-            settings = self.settings.models
-            if self._model_workers(given=False) > 1:
-                settings = settings.model_copy(update={"threads": 1})
-            models = IndexModels(build_segmenter(settings), build_embedder(settings))
+            workers = self._model_workers(given=False)
+            models = IndexModels.build(self.settings.models, workers=workers)
             self.own_models = True
         embedder = models.embedder if models else build_embedder(self.settings.models)
         return models, embedder

@@ -21,12 +21,13 @@ from PIL import Image
 
 from indexer.fetch import Fetcher, FetchError
 from search.catalog import ImageState, NewInstance
-from search.config import Settings
+from search.config import ModelSettings, Settings
 from search.crops import crop_instance
 from search.errors import RoomlensError
 from search.images import decode_image
 from search.masks import encode_rle
 from search.models.base import Embedder, Segmenter
+from search.models.registry import build_embedder, build_segmenter
 from search.types import Instance
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ class IndexModels:
 
     segmenter: Segmenter
     embedder: Embedder
+
+    @classmethod
+    def build(cls, settings: ModelSettings, *, workers: int = 1) -> IndexModels:
+        """The configured models; for several model workers, one intra-op thread each (N
+        single-threaded workers keep N cores busier than one N-threaded worker)."""
+        if workers > 1:
+            settings = settings.model_copy(update={"threads": 1})
+        return cls(build_segmenter(settings), build_embedder(settings))
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,7 @@ def analyse_stage(models: IndexModels, config: StageConfig, results: Sequence[Im
             crops.append(
                 crop_instance(result.image, inst, margin=config.crop_margin, mode=config.crop_mode)
             )
-            result.instances.append(_new_instance(inst, models.embedder.name))
+            result.instances.append(new_instance(inst, models.embedder.name))
             owners.append((result, len(result.instances) - 1))
             result.add_ms("crop", _elapsed_ms(start))
         if result.outcome != "failed":
@@ -190,7 +199,8 @@ def _embed(
         result.add_ms("embed", share)
 
 
-def _new_instance(inst: Instance, embedder: str) -> NewInstance:
+def new_instance(inst: Instance, embedder: str) -> NewInstance:
+    """What to store of a segmented instance (its mask as RLE); the vector comes later."""
     return NewInstance(
         label=inst.label,
         score=inst.score,

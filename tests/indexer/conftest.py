@@ -18,14 +18,12 @@ from indexer.stages import IndexModels
 from search.config import IndexSettings, Settings
 from search.db import InstanceRow, Product, ProductImage, make_engine, make_session_factory
 from search.index import FaissIndex, load_current
-from search.models.registry import build_embedder, build_segmenter
 
 
 @pytest.fixture(scope="session")
 def index_models() -> IndexModels:
     """The configured (offline) segmenter and embedder with real weights, built once."""
-    settings = Settings()
-    return IndexModels(build_segmenter(settings.models), build_embedder(settings.models))
+    return IndexModels.build(Settings().models)
 
 
 @pytest.fixture(scope="session")
