@@ -52,6 +52,13 @@ def _composite(crop: Image.Image, alpha: npt.NDArray[np.float32], fill: RGB) -> 
     return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
 
 
+def croppable(box: Box, width: int, height: int) -> bool:
+    """Whether `box`, clipped to a width x height image, is big enough to crop and embed: at
+    least MIN_BOX_SIDE px each way, or the whole side of an image thinner than that."""
+    clipped = box.clip(width, height)
+    return clipped.width >= min(MIN_BOX_SIDE, width) and clipped.height >= min(MIN_BOX_SIDE, height)
+
+
 def crop_instance(
     image: Image.Image,
     instance: Instance,
@@ -71,9 +78,9 @@ def crop_instance(
     if mode not in CROP_MODES:
         raise ValueError(f"mode must be one of {CROP_MODES}, got {mode!r}")
     width, height = image.size
-    box = instance.box.clip(width, height)
-    if box.width < MIN_BOX_SIDE or box.height < MIN_BOX_SIDE:
+    if not croppable(instance.box, width, height):
         raise ValueError(f"degenerate box {instance.box.as_list()} in a {width}x{height} image")
+    box = instance.box.clip(width, height)
     left, top, right, bottom = box.expand(margin, width, height).pixels(width, height)
     crop = image.convert("RGB").crop((left, top, right, bottom))
     if mode == "box":
@@ -156,12 +163,13 @@ def product_instance(
 ) -> Instance:
     """The one product in a catalog photo (see `product_mask`), boxed by its mask.
 
-    An empty mask falls back to the whole image (all True).
+    An empty mask, or one smaller than MIN_BOX_SIDE px either way (a speck), falls back to
+    the whole image (all True).
     """
     mask = product_mask(image, masker, auto=auto)
     box = box_from_mask(mask)
-    if box is None:
-        logger.debug("empty product mask on a %dx%d image: using the whole image", *image.size)
+    if box is None or box.width < MIN_BOX_SIDE or box.height < MIN_BOX_SIDE:
+        logger.debug("no product mask on a %dx%d image: using the whole image", *image.size)
         mask = np.ones((image.height, image.width), dtype=bool)
         box = Box(0.0, 0.0, float(image.width), float(image.height))
     return Instance(box=box, label="product", score=1.0, mask=mask)

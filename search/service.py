@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from search import catalog
 from search.config import ModelSettings
-from search.crops import crop_instance
+from search.crops import MIN_BOX_SIDE, crop_instance, croppable
 from search.errors import InvalidInput
 from search.filters import ProductFilter, fetch_schedule
 from search.index import FaissIndex
@@ -409,15 +409,18 @@ def whole_image_instance(image: Image.Image) -> Instance:
 def region_instance(image: Image.Image, region: Box) -> Instance:
     """A box the shopper drew, clipped to the photo, as one instance (box and mask = region).
 
-    Raises `InvalidInput` when less than one pixel of it lies inside the photo.
+    Raises `InvalidInput` when less than MIN_BOX_SIDE px each way of it lies inside the photo
+    (or the photo's whole side, for a thinner photo).
     """
     width, height = image.size
     box = region.clip(width, height)
     x0, y0 = int(np.floor(box.x0)), int(np.floor(box.y0))
     x1, y1 = int(np.ceil(box.x1)), int(np.ceil(box.y1))
-    if box.width < 1 or box.height < 1:
+    if not croppable(region, width, height):
+        side = f"{MIN_BOX_SIDE:g}"
         raise InvalidInput(
-            f"region {region.as_list()} covers less than one pixel of the {width}x{height} photo"
+            f"region {region.as_list()} covers less than {side}x{side} pixels "
+            f"of the {width}x{height} photo"
         )
     mask = np.zeros((height, width), dtype=bool)
     mask[y0:y1, x0:x1] = True

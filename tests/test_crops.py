@@ -168,3 +168,13 @@ def test_plain_background_tells_studio_shots_from_rooms() -> None:
     assert rooms and not any(plain_background(Image.open(r).convert("RGB")) for r in rooms)
     noisy = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     assert not plain_background(Image.fromarray(noisy))
+
+
+def test_images_thinner_than_the_minimum_box_crop_whole() -> None:
+    for size in ((1, 1), (1, 50), (50, 1)):
+        image = Image.new("RGB", size, (10, 20, 30))
+        whole = Instance(
+            box=Box(0, 0, *size), label="image", score=1.0, mask=np.ones(size[::-1], dtype=bool)
+        )
+        assert crop_instance(image, whole).size == size
+        assert crop_instance(image, whole, mode="soft").size == size

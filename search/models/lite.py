@@ -7,7 +7,8 @@ import logging
 import numpy as np
 from PIL import Image
 
-from search.crops import MIN_BOX_SIDE, product_instance
+from search import crops
+from search.crops import product_instance
 from search.models.base import Detector
 from search.models.u2net import U2NetMasker
 from search.types import Detection, Instance
@@ -94,9 +95,8 @@ class LiteSegmenter:
 
 
 def croppable(det: Detection, size: tuple[int, int]) -> bool:
-    """Whether the box, clipped to the image, is big enough to crop and embed."""
-    box = det.box.clip(*size)
-    return box.width >= MIN_BOX_SIDE and box.height >= MIN_BOX_SIDE
+    """Whether the detection's box, clipped to the image, is big enough to crop and embed."""
+    return crops.croppable(det.box, *size)
 
 
 def merge_duplicates(detections: list[Detection], iou: float) -> list[Detection]:
