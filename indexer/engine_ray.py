@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.engines import Batching
-from indexer.fetch import Fetcher, FetchPolicy
 from indexer.stages import (
     ImageJob,
     ImageResult,
@@ -32,6 +31,7 @@ from indexer.stages import (
 )
 from search.config import ModelSettings
 from search.errors import RoomlensError
+from search.fetch import Fetcher, FetchPolicy
 
 if TYPE_CHECKING:
     from indexer.pipeline import IndexOptions

@@ -20,7 +20,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from indexer.fetch import Fetcher
 from indexer.stages import (
     ImageJob,
     ImageResult,
@@ -30,6 +29,7 @@ from indexer.stages import (
     load_stage,
 )
 from search.catalog import NewInstance
+from search.fetch import Fetcher
 
 T = TypeVar("T")
 R = TypeVar("R")

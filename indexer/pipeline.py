@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from indexer import runs
 from indexer.engines import Batching, ImageEngine, LocalEngine
-from indexer.fetch import Fetcher, FetchPolicy
 from indexer.lock import run_lock
 from indexer.publish import PublishTarget, publish
 from indexer.report import EXIT_CODES, IndexReport, Progress, RunStatus
@@ -36,6 +35,7 @@ from indexer.stages import ImageJob, ImageResult, IndexModels, StageConfig
 from search import catalog
 from search.config import Settings
 from search.db import make_engine, make_session_factory
+from search.fetch import Fetcher, FetchPolicy
 from search.models.base import Embedder
 from search.models.registry import build_embedder
 from search.timing import Timer
@@ -67,7 +67,7 @@ class IndexOptions:
     model_batch: int = 4
     keep_versions: int = 2  # index version folders kept after publishing
     max_removed_fraction: float = 0.5  # refuse to remove a larger share of the catalog
-    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    fetch: FetchPolicy | None = None  # None: the settings' (`Settings.fetch.policy()`)
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None: start a local Ray (engine "ray")
     ray_actors: int = 1  # model actors on the Ray cluster
@@ -256,12 +256,14 @@ class _Run:
             model_workers=self._model_workers(given=not self.own_models),
             read_workers=self.options.read_workers,
         )
+        fetch = self.options.fetch or self.settings.fetch.policy()
         if self.options.engine == "ray":
             from indexer.engine_ray import RayEngine
 
-            return RayEngine(self.settings.models, config, self.options, batching)
+            options = replace(self.options, fetch=fetch)
+            return RayEngine(self.settings.models, config, options, batching)
         assert models is not None
-        return LocalEngine(models, config, Fetcher(self.options.fetch), batching)
+        return LocalEngine(models, config, Fetcher(fetch), batching)
 
     def _process_images(self, embedder: Embedder, engine: ImageEngine) -> None:
         with self.sessions() as session:

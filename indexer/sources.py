@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,26 +34,15 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from search.errors import FeedError
+from search.fetch import URL_SCHEMES, is_url, url_scheme
 
 REQUIRED_FIELDS = ("sku", "title", "category", "image")
 OPTIONAL_FIELDS = ("price", "currency", "color", "description", "merchant", "in_stock", "url")
 KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
-URL_SCHEMES = ("http", "https")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_SUFFIXES = (".csv",)
 
 FeedFormat = Literal["jsonl", "csv"]
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-
-
-def _scheme(ref: str) -> str | None:
-    match = _SCHEME.match(ref)
-    return match.group(1).lower() if match else None
-
-
-def is_url(ref: str) -> bool:
-    """True for an http(s) URL."""
-    return _scheme(ref) in URL_SCHEMES
 
 
 def _check_http_url(value: str, name: str) -> str:
@@ -69,7 +57,7 @@ def resolve_image_ref(ref: str, base_dir: Path | None) -> str:
     Raises `ValueError` for any other URL scheme, or a relative path without `base_dir`.
     """
     ref = ref.strip()
-    scheme = _scheme(ref)
+    scheme = url_scheme(ref)
     if scheme in URL_SCHEMES:
         return _check_http_url(ref, "image")
     if scheme is not None:

@@ -19,11 +19,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from indexer.fetch import Fetcher, FetchError
 from search.catalog import ImageState, NewInstance
 from search.config import ModelSettings, Settings
 from search.crops import crop_instance
-from search.errors import RoomlensError
+from search.errors import FetchError, RoomlensError
+from search.fetch import Fetcher
 from search.images import decode_image
 from search.masks import encode_rle
 from search.models.base import Embedder, Segmenter
@@ -158,19 +158,34 @@ def analyse_stage(models: IndexModels, config: StageConfig, results: Sequence[Im
     for result in results:
         if result.image is None or result.outcome == "failed":
             continue
-        for inst in _segment(models, result):
-            start = time.perf_counter()
-            crops.append(
-                crop_instance(result.image, inst, margin=config.crop_margin, mode=config.crop_mode)
-            )
-            result.instances.append(new_instance(inst, models.embedder.name))
-            owners.append((result, len(result.instances) - 1))
-            result.add_ms("crop", _elapsed_ms(start))
+        image_crops = _crops(models, config, result)
+        crops += image_crops
+        owners += [(result, i) for i in range(len(image_crops))]
         if result.outcome != "failed":
             result.outcome = "ok" if result.instances else "no_instance"
         result.image = None
     if crops:
         _embed(models.embedder, crops, owners)
+
+
+def _crops(models: IndexModels, config: StageConfig, result: ImageResult) -> list[Image.Image]:
+    """The crops of one image's instances (recorded on `result`); none, and the image failed,
+    when one of them cannot be cropped."""
+    assert result.image is not None
+    crops: list[Image.Image] = []
+    for inst in _segment(models, result):
+        start = time.perf_counter()
+        try:
+            crops.append(
+                crop_instance(result.image, inst, margin=config.crop_margin, mode=config.crop_mode)
+            )
+        except ValueError as exc:
+            result.fail(f"crop failed: {exc}")
+            return []
+        finally:
+            result.add_ms("crop", _elapsed_ms(start))
+        result.instances.append(new_instance(inst, models.embedder.name))
+    return crops
 
 
 def _segment(models: IndexModels, result: ImageResult) -> list[Instance]:

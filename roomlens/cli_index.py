@@ -59,10 +59,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ray-address", default=None, help="Ray cluster (default: a local Ray)")
     p.add_argument("--ray-actors", type=int, default=1, help="model actors on the cluster")
     p.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds, image URLs")
-    p.add_argument("--read-timeout", type=float, default=20.0, help="seconds, image URLs")
-    p.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024)
-    p.add_argument("--retries", type=int, default=3, help="retries of transient URL failures")
+    p.add_argument("--connect-timeout", type=float, help="seconds, image URLs (default 5)")
+    p.add_argument("--read-timeout", type=float, help="seconds, image URLs (default 20)")
+    p.add_argument("--max-image-bytes", type=int, help="default 20 MiB")
+    p.add_argument("--retries", type=int, help="retries of transient URL failures (default 3)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_index)
 
@@ -90,17 +90,17 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
-    from indexer.fetch import FetchPolicy
     from indexer.pipeline import IndexOptions, run_index
     from search.db import migrate
 
     migrate(settings.database_url)
-    fetch = FetchPolicy(
-        connect_timeout_s=args.connect_timeout,
-        read_timeout_s=args.read_timeout,
-        max_bytes=args.max_image_bytes,
-        retries=args.retries,
-    )
+    given = {
+        "connect_timeout_s": args.connect_timeout,
+        "read_timeout_s": args.read_timeout,
+        "max_bytes": args.max_image_bytes,
+        "retries": args.retries,
+    }
+    fetch = settings.fetch.policy(**{k: v for k, v in given.items() if v is not None})
     options = IndexOptions(
         full=args.full,
         progress=not args.no_progress,

@@ -7,10 +7,12 @@ Environment variables use the prefix `ROOMLENS_` and `__` for nesting, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from search.fetch import FetchPolicy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLE_DIR = REPO_ROOT.parent / "shared" / "datasets" / "ikea"
@@ -97,9 +99,6 @@ class ApiSettings(BaseModel):
     max_pixels: int = Field(40_000_000, ge=1)
     default_k: int = Field(10, ge=1, le=100)
     url_timeout_s: float = Field(10.0, gt=0, description="whole fetch of an `image_url`")
-    url_allow_private: bool = Field(
-        False, description="allow `image_url`s on loopback/private addresses (tests, intranets)"
-    )
     image_roots: list[Path] = Field(
         default_factory=list,
         description="folders a merchant's product image paths may point into (besides the sample)",
@@ -107,6 +106,34 @@ class ApiSettings(BaseModel):
     inference_workers: int = Field(
         1, ge=1, description="searches run at once; the rest queue (models use all cores)"
     )
+
+
+class FetchSettings(BaseModel):
+    """Fetching images from URLs (the API's `image_url`, the indexer's feeds). Loopback,
+    private, link-local and other non-public addresses are always refused, except for the
+    hosts named here, e.g. `ROOMLENS_FETCH__ALLOW_HOSTS='["images.intranet", "10.1.0.0/16"]'`.
+    """
+
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names, addresses or CIDR networks a fetch may reach although they "
+        "are not public (an intranet image server; the tests' 127.0.0.1)",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(20.0, gt=0)
+    retries: int = Field(3, ge=0, description="indexer retries on transient failures")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="indexer byte cap")
+
+    def policy(self, **overrides: Any) -> FetchPolicy:
+        """The fetch policy these settings describe, with `overrides` (FetchPolicy fields)."""
+        fields: dict[str, Any] = {
+            "allow_hosts": frozenset(self.allow_hosts),
+            "connect_timeout_s": self.connect_timeout_s,
+            "read_timeout_s": self.read_timeout_s,
+            "retries": self.retries,
+            "max_bytes": self.max_image_bytes,
+        }
+        return FetchPolicy(**(fields | overrides))
 
 
 class SearchLogSettings(BaseModel):
@@ -126,4 +153,5 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     index: IndexSettings = IndexSettings()
     api: ApiSettings = ApiSettings()
+    fetch: FetchSettings = FetchSettings()
     search_log: SearchLogSettings = SearchLogSettings()

@@ -33,6 +33,32 @@ class ImageTooLarge(InvalidInput):
     code = "image_too_large"
 
 
+class FetchError(InvalidInput):
+    """An image URL or file that could not be read (unreachable, error status, too slow);
+    the message says why."""
+
+    code = "image_fetch_failed"
+
+
+class FetchRefused(FetchError):
+    """A URL the fetcher will not connect to: a non-public address not on the allow-list,
+    or a scheme other than http(s)."""
+
+    code = "url_refused"
+
+
+class FetchedTooLarge(FetchError, ImageTooLarge):
+    """A fetched image over the byte cap."""
+
+    code = "image_too_large"
+
+
+class FetchedNotAnImage(FetchError, UnsupportedImageType):
+    """A fetched body whose content type is not an accepted image type."""
+
+    code = "unsupported_image_type"
+
+
 class FeedError(InvalidInput):
     """A catalog feed that cannot be read at all (missing file, wrong format)."""
 

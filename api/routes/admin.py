@@ -8,11 +8,9 @@ product, is 403. Index runs, reindexing and cross-merchant duplicates are for ad
 from __future__ import annotations
 
 import threading
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
-import anyio
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import ValidationError
 
@@ -45,13 +43,13 @@ from api.admin_schemas import (
 )
 from api.deps import SessionDep, StateDep
 from api.errors import problem_responses
-from api.fetch import check_url
 from api.schemas import MaskRLE
 from api.state import AppState
-from indexer.sources import FeedItem, is_url, validation_reason
+from indexer.sources import FeedItem, validation_reason
 from search import admin, duplicates, querylog
 from search.db import Product
 from search.errors import InvalidInput, ProductNotFound, RoomlensError
+from search.fetch import check_url_address, is_url
 from search.index import IndexMeta
 from search.keys import KeyScope
 
@@ -171,7 +169,7 @@ def _check_image(state: AppState, ref: str) -> None:
     """What a merchant key may name as an image: a file under the allowed folders, or a URL
     of a public host (the indexer will fetch it: it must not reach the internal network)."""
     if is_url(ref):
-        anyio.from_thread.run(partial(check_url, ref, allow_private=state.fetch.allow_private))
+        check_url_address(ref, state.fetcher.guard)
     else:
         admin.check_image_ref(ref, _image_roots(state))
 

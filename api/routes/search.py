@@ -17,7 +17,6 @@ from PIL import Image
 
 from api.deps import MetricsDep, PoolDep, StateDep
 from api.errors import problem_responses
-from api.fetch import fetch_image
 from api.schemas import (
     FilterFields,
     ImageSize,
@@ -117,7 +116,9 @@ async def photo_bytes(
         )
     if form.image_url is not None:
         with timer.stage("fetch"):
-            return await fetch_image(form.image_url, state.fetch)
+            fetched = await anyio.to_thread.run_sync(state.fetcher.fetch_url, form.image_url)
+            assert fetched.data is not None  # no stamp sent, so never "not modified"
+            return fetched.data
     assert image is not None
     limit = state.settings.api.max_upload_bytes
     data = await image.read(limit + 1)

@@ -382,10 +382,16 @@ def test_upsert_rules(api: Api, indexed_catalog: IndexedCatalog) -> None:
         secret = {**body, "image": image}
         resp = api.client.put("/v1/admin/products/SNEAKY", json=secret, headers=api.auth("acme"))
         _is_problem(resp, 403, "forbidden")
-    for url in ("http://127.0.0.1:5432/x.jpg", "http://localhost/x.jpg", "ftp://example.com/x"):
+    refused = {
+        "http://127.0.0.1:5432/x.jpg": "url_refused",
+        "http://localhost/x.jpg": "url_refused",
+        "http://[::ffff:169.254.169.254]/x.jpg": "url_refused",
+        "ftp://example.com/x": "invalid_input",
+    }
+    for url, code in refused.items():
         internal = {**body, "image": url}
         resp = api.client.put("/v1/admin/products/NET", json=internal, headers=api.auth("acme"))
-        assert resp.status_code == 400 and resp.json()["code"] == "invalid_input", resp.text
+        assert resp.status_code == 400 and resp.json()["code"] == code, resp.text
     relative = {**body, "image": "images/x.jpg"}
     resp = api.client.put("/v1/admin/products/REL", json=relative, headers=api.auth("admin"))
     _is_problem(resp, 400, "invalid_input")

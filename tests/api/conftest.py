@@ -25,6 +25,7 @@ from api.state import AppState, build_state
 from indexer.pipeline import IndexOptions, IndexReport, run_index
 from search.config import IndexSettings, Settings
 from search.db import migrate
+from search.fetch import Fetcher
 
 SMALL_CATALOG_SIZE = 16
 ROOM_CATEGORIES = ("sofa", "armchair", "chair_stool_bench", "table")
@@ -105,7 +106,8 @@ def live_server(app_state: AppState) -> Iterator[str]:
 
     URL fetches give up after 2 s here, so generated `image_url`s never hold a test up.
     """
-    state = replace(app_state, fetch=replace(app_state.fetch, timeout_s=2.0))
+    policy = replace(app_state.fetcher.policy, deadline_s=2.0, read_timeout_s=2.0)
+    state = replace(app_state, fetcher=Fetcher(policy))
     app = create_app(state.settings, state=state)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

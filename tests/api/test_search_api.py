@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.fetch import FetchPolicy
 from api.main import create_app
 from api.state import AppState
 from search.config import ApiSettings
+from search.fetch import Fetcher
 from search.masks import decode_rle
 
 if TYPE_CHECKING:
@@ -193,6 +193,11 @@ class _Photos(BaseHTTPRequestHandler):
             "/missing.jpg": (404, "text/plain", b"no"),
             "/big.jpg": (200, "image/jpeg", b"\xff\xd8" + b"\0" * 5000),
         }
+        if self.path == "/to-private":  # nothing listens there, and nothing may try
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.2:9/room.jpg")
+            self.end_headers()
+            return
         if self.path == "/moved":
             self.send_response(302)
             self.send_header("Location", "/room.jpg")
@@ -228,8 +233,14 @@ def photo_server(room: bytes) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def url_client(app_state: AppState) -> Iterator[TestClient]:
     """A client whose server may fetch from 127.0.0.1, gives up after 1 s, takes 4 kB."""
-    policy = FetchPolicy(max_bytes=4000, timeout_s=1.0, allow_private=True)
-    state = replace(app_state, fetch=policy)
+    policy = replace(
+        app_state.fetcher.policy,
+        max_bytes=4000,
+        deadline_s=1.0,
+        read_timeout_s=1.0,
+        allow_hosts=frozenset({"127.0.0.1"}),
+    )
+    state = replace(app_state, fetcher=Fetcher(policy))
     with TestClient(create_app(state.settings, state=state)) as client:
         yield client
 
@@ -237,8 +248,8 @@ def url_client(app_state: AppState) -> Iterator[TestClient]:
 def test_image_url_is_fetched_and_searched(
     client: TestClient, url_client: TestClient, photo_server: str, room: bytes
 ) -> None:
-    big_enough = replace(url_client.app.state.roomlens.fetch, max_bytes=len(room))  # type: ignore[attr-defined]
-    state = replace(url_client.app.state.roomlens, fetch=big_enough)  # type: ignore[attr-defined]
+    small = url_client.app.state.roomlens  # type: ignore[attr-defined]
+    state = replace(small, fetcher=Fetcher(replace(small.fetcher.policy, max_bytes=len(room))))
     with TestClient(create_app(state.settings, state=state)) as c:
         for path in ("/room.jpg", "/moved"):
             resp = c.post("/v1/search", data={"image_url": photo_server + path, "k": "2"})
@@ -267,12 +278,21 @@ def test_image_url_failures(
     "url", ["ftp://example.com/a.jpg", "file:///etc/passwd", "javascript:alert(1)", "http://"]
 )
 def test_image_url_schemes_other_than_http_are_refused(url_client: TestClient, url: str) -> None:
-    _problem(url_client.post("/v1/search", data={"image_url": url}), 400, "invalid_input")
+    _problem(url_client.post("/v1/search", data={"image_url": url}), 400, "url_refused")
 
 
 def test_private_addresses_are_refused_by_default(client: TestClient, photo_server: str) -> None:
     resp = client.post("/v1/search", data={"image_url": photo_server + "/room.jpg"})
-    assert "not a public address" in _problem(resp, 400, "invalid_input")["detail"]
+    detail = _problem(resp, 400, "url_refused")["detail"]
+    assert detail.startswith("refused: loopback address 127.0.0.1"), detail
+
+
+def test_a_redirect_to_a_private_address_is_refused(
+    url_client: TestClient, photo_server: str
+) -> None:
+    resp = url_client.post("/v1/search", data={"image_url": photo_server + "/to-private"})
+    detail = _problem(resp, 400, "url_refused")["detail"]
+    assert detail.startswith("refused: loopback address 127.0.0.2"), detail
 
 
 def test_image_and_image_url_together_or_neither_are_422(
