@@ -32,9 +32,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
-	$(BIN)/mypy search indexer api roomlens
+	$(BIN)/mypy search indexer merchant api roomlens
 
 pytest: $(STAMP)
 	bash scripts/install-browser.sh || echo "no chromium: the browser test will be skipped"

@@ -13,6 +13,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
+import merchant.tables  # noqa: F401  (the merchant tables join Base.metadata)
 from search.db import Base, ensure_sqlite_dir
 
 config = context.config

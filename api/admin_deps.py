@@ -12,8 +12,8 @@ from fastapi import Depends
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import StateDep
-from search.errors import Unauthorized
-from search.keys import KeyScope, authenticate
+from merchant.errors import Unauthorized
+from merchant.keys import KeyScope, authenticate
 
 bearer = HTTPBearer(auto_error=False, description="an API key: `Bearer rl_...`")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")

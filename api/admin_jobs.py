@@ -21,7 +21,7 @@ from api.state import AppState
 from indexer import pipeline
 from indexer.lock import lock_is_free
 from indexer.sources import feed_format
-from search import admin
+from merchant import admin
 from search.db import IndexRun, utcnow
 from search.errors import FeedError, IndexerBusy, InvalidInput, NotFound
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import Problem
+from merchant import errors as merchant_errors
 from search import errors
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,8 @@ STATUS: list[tuple[type[errors.RoomlensError], int]] = [
     (errors.ModelMismatch, 503),
     (errors.ModelUnavailable, 503),
     (errors.IndexerBusy, 409),
-    (errors.Unauthorized, 401),
-    (errors.Forbidden, 403),
+    (merchant_errors.Unauthorized, 401),
+    (merchant_errors.Forbidden, 403),
 ]
 
 

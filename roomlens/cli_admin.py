@@ -68,7 +68,7 @@ KEY_FIELDS = ("prefix", "merchant", "is_admin", "label", "created_at", "revoked_
 
 
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
-    from search.keys import create_key
+    from merchant.keys import create_key
 
     with _session(settings) as session:
         created = create_key(
@@ -84,7 +84,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    from search.keys import list_keys
+    from merchant.keys import list_keys
 
     with _session(settings) as session:
         keys = list_keys(session=session, include_revoked=not args.active)
@@ -96,7 +96,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from search.keys import revoke_key
+    from merchant.keys import revoke_key
 
     with _session(settings) as session:
         info = revoke_key(session=session, prefix=args.prefix)
@@ -108,7 +108,7 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
-    from search.admin import catalog_stats
+    from merchant.admin import catalog_stats
 
     with _session(settings) as session:
         stats = catalog_stats(session=session, merchant=args.merchant)
@@ -128,7 +128,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
-    from search.admin import PROBLEM_STATUSES, problem_products
+    from merchant.admin import PROBLEM_STATUSES, problem_products
 
     with _session(settings) as session:
         items, total = problem_products(
@@ -149,7 +149,7 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_product(args: argparse.Namespace, settings: Settings) -> int:
-    from search.admin import product_detail
+    from merchant.admin import product_detail
 
     with _session(settings) as session:
         product = product_detail(session=session, sku=args.sku)
@@ -184,7 +184,7 @@ def cmd_product(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_index_info(args: argparse.Namespace, settings: Settings) -> int:
-    from search.admin import index_status
+    from merchant.admin import index_status
     from search.errors import RoomlensError
     from search.index import current_version_dir, read_meta
 
@@ -224,7 +224,7 @@ RUN_FIELDS = ("id", "status", "full", "started_at", "finished_at", "version", "f
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
-    from search.admin import list_runs
+    from merchant.admin import list_runs
 
     with _session(settings) as session:
         runs, total = list_runs(session=session, limit=args.limit)
@@ -241,7 +241,7 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
-    from search.duplicates import DuplicateOptions, near_duplicates
+    from merchant.duplicates import DuplicateOptions, near_duplicates
     from search.index import load_current
 
     index, _ = load_current(settings.index.dir)
@@ -266,7 +266,7 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_searches(args: argparse.Namespace, settings: Settings) -> int:
-    from search.querylog import LogQuery, parse_when, search_log, search_stats
+    from merchant.querylog import LogQuery, parse_when, search_log, search_stats
 
     query = LogQuery(
         merchant=args.merchant,

@@ -95,15 +95,3 @@ class IndexerBusy(RoomlensError):
     """Another indexer run holds the lock."""
 
     code = "indexer_busy"
-
-
-class Unauthorized(RoomlensError):
-    """No API key, or one that is malformed, unknown or revoked."""
-
-    code = "unauthorized"
-
-
-class Forbidden(RoomlensError):
-    """A valid API key asking for data or an action outside its scope."""
-
-    code = "forbidden"

@@ -16,6 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, delete, func, inspect, select
 from sqlalchemy.orm import Session
 
+import merchant.tables  # noqa: F401  (its tables are part of the schema the migrations build)
 from search.db import (
     ALEMBIC_INI,
     SQLITE_BUSY_TIMEOUT_MS,

@@ -46,12 +46,12 @@ from api.errors import problem_responses
 from api.schemas import MaskRLE
 from api.state import AppState
 from indexer.sources import FeedItem, validation_reason
-from search import admin, duplicates, querylog
+from merchant import admin, duplicates, querylog
+from merchant.keys import KeyScope
 from search.db import Product
 from search.errors import InvalidInput, ProductNotFound, RoomlensError
 from search.fetch import check_url_address, is_url
 from search.index import IndexMeta
-from search.keys import KeyScope
 
 router = APIRouter(
     prefix="/v1/admin",

@@ -32,11 +32,11 @@ from api.schemas import (
     parse_region,
 )
 from api.state import AppState
+from merchant.querylog import record_search
 from search.errors import ImageTooLarge
 from search.filters import ProductFilter, parse_attributes
 from search.images import decode_image
 from search.masks import encode_rle, mask_to_polygons
-from search.querylog import record_search
 from search.service import SearchOptions, SearchService
 from search.timing import Timer
 from search.types import Box, InstanceResult, ProductHit, SearchResult

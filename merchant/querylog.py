@@ -28,7 +28,8 @@ import numpy as np
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from search.db import Product, SearchLogEntry
+from merchant.tables import SearchLogEntry
+from search.db import Product
 from search.errors import InvalidInput
 from search.service import WHOLE_IMAGE_LABEL
 from search.types import SearchResult

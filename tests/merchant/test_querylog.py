@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
-from search.db import SearchLogEntry
-from search.errors import InvalidInput
-from search.querylog import (
+from merchant.querylog import (
     LogQuery,
     parse_when,
     record_search,
@@ -20,7 +18,9 @@ from search.querylog import (
     search_log,
     search_stats,
 )
-from tests.admin.conftest import IndexedCatalog, Searched
+from merchant.tables import SearchLogEntry
+from search.errors import InvalidInput
+from tests.merchant.conftest import IndexedCatalog, Searched
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from search.db import ApiKey, utcnow
-from search.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from merchant.errors import Forbidden, Unauthorized
+from merchant.tables import ApiKey
+from search.db import utcnow
+from search.errors import InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from merchant.errors import Unauthorized
+from merchant.keys import authenticate
+from merchant.querylog import record_search
 from roomlens.cli_admin import register
 from search.config import IndexSettings, Settings
 from search.db import make_engine, make_session_factory, migrate, utcnow
-from search.errors import Unauthorized
-from search.keys import authenticate
-from search.querylog import record_search
-from tests.admin.conftest import BLANK, BROKEN, DUP_ACME, IndexedCatalog, Searched, copy_rows
+from tests.merchant.conftest import BLANK, BROKEN, DUP_ACME, IndexedCatalog, Searched, copy_rows
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from merchant.admin import active_instances
 from search import catalog
-from search.admin import active_instances
 from search.db import InstanceRow, Product, ProductImage
 from search.errors import InvalidInput
 from search.index import FaissIndex, VectorIndex

@@ -9,9 +9,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from search.db import ApiKey
-from search.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from search.keys import (
+from merchant.errors import Forbidden, Unauthorized
+from merchant.keys import (
     KeyScope,
     authenticate,
     create_key,
@@ -21,6 +20,8 @@ from search.keys import (
     revoke_key,
     verify_secret,
 )
+from merchant.tables import ApiKey
+from search.errors import InvalidInput, NotFound
 
 
 def test_key_is_stored_as_a_salted_hash_only(session: Session) -> None:

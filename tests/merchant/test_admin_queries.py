@@ -12,13 +12,15 @@ import pytest
 from sqlalchemy.orm import Session
 
 from indexer.sources import item_from_record
-from search import admin, catalog
+from merchant import admin
+from merchant.duplicates import DuplicateOptions, near_duplicates
+from merchant.errors import Forbidden
+from search import catalog
 from search.db import IndexRun, utcnow
-from search.duplicates import DuplicateOptions, near_duplicates
-from search.errors import Forbidden, InvalidInput, NotFound, ProductNotFound
+from search.errors import InvalidInput, NotFound, ProductNotFound
 from search.index import FaissIndex, current_version_dir, load_current, read_meta
 from search.masks import decode_rle
-from tests.admin.conftest import BLANK, BROKEN, DUP_ACME, DUP_BIRCH, IndexedCatalog
+from tests.merchant.conftest import BLANK, BROKEN, DUP_ACME, DUP_BIRCH, IndexedCatalog
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@
 
 Keyword-only functions over one `Session`; `merchant=None` means every merchant (an admin's
 view), a name restricts to that merchant's products. Who may ask for what is decided by the
-caller with `search.keys.KeyScope`. Near-duplicates are in `search.duplicates`, the search
-log in `search.querylog`. None of these functions commits: the caller owns the transaction.
+caller with `merchant.keys.KeyScope`. Near-duplicates are in `merchant.duplicates`, the search
+log in `merchant.querylog`. None of these functions commits: the caller owns the transaction.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from merchant.errors import Forbidden
 from search import catalog
 from search.db import IMAGE_STATUSES, IndexBuild, IndexRun, InstanceRow, Product, ProductImage
-from search.errors import Forbidden, NotFound, ProductNotFound
+from search.errors import NotFound, ProductNotFound
 from search.index import IndexMeta
 
 NO_INSTANCE_REASON = "no object was found in the image"

@@ -22,12 +22,13 @@ from api.admin_schemas import ProductIn
 from api.main import create_app
 from api.state import AppState
 from indexer.lock import run_lock
+from merchant.keys import create_key, revoke_key
+from merchant.querylog import record_search
 from search.config import IndexSettings, Settings
 from search.db import IndexRun, migrate, utcnow
-from search.keys import create_key, revoke_key
 from search.masks import decode_rle
-from search.querylog import record_search
-from tests.admin.conftest import (
+from tests.app_states import state_for
+from tests.merchant.conftest import (
     BLANK,
     BROKEN,
     DUP_ACME,
@@ -36,7 +37,6 @@ from tests.admin.conftest import (
     Searched,
     copy_rows,
 )
-from tests.app_states import state_for
 
 pytestmark = pytest.mark.slow
 
