@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from api.main import create_app  # noqa: E402
-from api.routes.search import column_major  # noqa: E402
+from api.mapping import column_major  # noqa: E402
 from api.state import build_state  # noqa: E402
 from search.config import IndexSettings, Settings  # noqa: E402
 from search.masks import decode_rle, encode_rle, mask_to_polygons  # noqa: E402

@@ -27,12 +27,12 @@ from search import catalog
 from search.config import Settings
 from search.db import InstanceRow, ProductImage, make_engine, make_session_factory
 from search.errors import RoomlensError
+from search.exit_codes import ExitCode
 from search.index import FaissIndex, IndexMeta, current_version, list_versions, load_current
 
 log = logging.getLogger(__name__)
 
 Level = Literal["ok", "warning", "error"]
-EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_BUSY = 0, 1, 75
 SAMPLE_SHOWN = 5
 
 
@@ -62,8 +62,8 @@ class DoctorReport:
     def exit_code(self) -> int:
         """0 healthy; 1 something is wrong; 75 a run is in progress (check again later)."""
         if self.busy:
-            return EXIT_BUSY
-        return EXIT_PROBLEMS if self.errors else EXIT_HEALTHY
+            return ExitCode.BUSY
+        return ExitCode.ERROR if self.errors else ExitCode.OK
 
     def summary(self) -> str:
         lines = [str(f) for f in self.findings]

@@ -14,18 +14,16 @@ from indexer.sources import FeedLineError
 from indexer.stages import ImageResult
 from search import catalog
 from search.db import utcnow
+from search.exit_codes import ExitCode
 
 RunStatus = Literal["running", "succeeded", "partial", "failed", "interrupted"]
 
-#: Exit codes of `roomlens index`, for schedulers: 0 all done; 3 done, but some feed lines or
-#: images failed or removals were skipped (see `index_runs.failures`); 1 the run failed (the
-#: next run resumes); 75 another run holds the lock (try later); 130 interrupted.
-EXIT_CODES: dict[str, int] = {
-    "succeeded": 0,
-    "partial": 3,
-    "failed": 1,
-    "busy": 75,
-    "interrupted": 130,
+EXIT_CODES: dict[str, int] = {  # a run's status to its exit code (search/exit_codes.py)
+    "succeeded": ExitCode.OK,
+    "partial": ExitCode.PARTIAL,
+    "failed": ExitCode.ERROR,
+    "busy": ExitCode.BUSY,
+    "interrupted": ExitCode.INTERRUPTED,
 }
 
 
@@ -70,7 +68,7 @@ class IndexReport:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.status, 1)
+        return EXIT_CODES.get(self.status, ExitCode.ERROR)
 
     def images_per_second(self) -> float:
         """Images processed (segmented and embedded) per second of the image loop."""

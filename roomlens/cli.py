@@ -11,17 +11,12 @@ from pathlib import Path
 
 from search.config import Settings
 from search.errors import RoomlensError
+from search.exit_codes import ExitCode
 
 log = logging.getLogger("roomlens")
 
 # Subcommand groups that live in their own modules, each with `register(subparsers)`.
 PLUGINS = ("roomlens.cli_index", "roomlens.cli_models", "roomlens.cli_admin")
-
-EXIT_OK = 0
-EXIT_ERROR = 1  # the command failed; nothing was changed that the next run cannot finish
-EXIT_USAGE = 2
-EXIT_PARTIAL = 3  # finished, but some feed lines or images failed (see the report)
-EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the lock; try again later
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -29,7 +24,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     migrate(settings.database_url)
     print(f"database migrated: {settings.database_url}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -43,7 +38,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.api.host
     print(f"roomlens serving on http://{host}:{port}")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,10 +50,10 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     state = build_state(settings)
     result = state.service.search(image, SearchOptions(k=args.k))
     if args.json:
-        from api.routes.search import to_response
+        from api.mapping import to_response
 
         print(to_response(result).model_dump_json(indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     print(f"index {result.index.version} ({result.index.vector_count} vectors)")
     for n, group in enumerate(result.groups, 1):
         inst = group.instance
@@ -68,7 +63,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             print(f"    {hit.score:.3f}  {hit.sku}  {hit.title}  ({hit.category})")
     timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
     print(f"\n{timings}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,7 +84,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         print(gain)
     print(f"\n{run.meta['photos']} photos in {run.meta['seconds']} s; reports: ", end="")
     print(", ".join(str(f) for f in run.files))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"roomlens: {exc}", file=sys.stderr)
         from search.errors import IndexerBusy
 
-        return EXIT_BUSY if isinstance(exc, IndexerBusy) else EXIT_ERROR
+        return ExitCode.BUSY if isinstance(exc, IndexerBusy) else ExitCode.ERROR
     except KeyboardInterrupt:
         print("roomlens: interrupted; the next run resumes where this one stopped", file=sys.stderr)
         return 130

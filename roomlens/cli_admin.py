@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from search.config import Settings
+from search.exit_codes import ExitCode
 
 Command = Callable[[argparse.Namespace, Settings], int]
-EXIT_OK = 0
 
 
 def _out(text: str = "") -> None:
@@ -76,11 +76,11 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.json:
         _json({"key": created.key, **_columns(created.info, KEY_FIELDS)})
-        return EXIT_OK
+        return ExitCode.OK
     kind = "admin" if args.admin else f"merchant {created.info.merchant!r}"
     _out(f"created {kind} key {created.info.prefix}; it is shown this once, store it now:")
     _out(created.key)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -90,9 +90,9 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
         keys = list_keys(session=session, include_revoked=not args.active)
     if args.json:
         _json([_columns(k, KEY_FIELDS) for k in keys])
-        return EXIT_OK
+        return ExitCode.OK
     _table([[getattr(k, f) for f in KEY_FIELDS] for k in keys], KEY_FIELDS)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,7 +101,7 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     with _session(settings) as session:
         info = revoke_key(session=session, prefix=args.prefix)
     _out(f"key {info.prefix} revoked at {info.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # --- catalog ---------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
         stats = catalog_stats(session=session, merchant=args.merchant)
     if args.json:
         _json({"rows": stats.rows, "totals": stats.totals})
-        return EXIT_OK
+        return ExitCode.OK
     header = ["merchant", "category", "products", "ok", "pending", "failed", "no_instance"]
     header += ["instances", "vectors"]
     rows = [
@@ -124,7 +124,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     ]
     rows[-1][:2] = ["(total)", ""]
     _table(rows, header)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
@@ -139,13 +139,13 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.json:
         _json({"data": items, "count": total})
-        return EXIT_OK
+        return ExitCode.OK
     _table(
         [[i.sku, i.merchant, i.status, i.reason] for i in items],
         ["sku", "merchant", "status", "reason"],
     )
     _out(f"{len(items)} of {total} shown")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_product(args: argparse.Namespace, settings: Settings) -> int:
@@ -170,14 +170,14 @@ def cmd_product(args: argparse.Namespace, settings: Settings) -> int:
         fields = _columns(product, ("sku", "title", "merchant", "category"))
     if args.json:
         _json({**fields, "images": images})
-        return EXIT_OK
+        return ExitCode.OK
     _out(f"{fields['sku']}  {fields['title']}  ({fields['merchant']}, {fields['category']})")
     for image in images:
         _out(f"image {image['id']} {image['status']} {image['error'] or ''}: {image['source']}")
         for inst in image["instances"]:
             box = ", ".join(f"{v:.0f}" for v in inst["box"])
             _out(f"    {inst['label']} {inst['score']:.2f} box [{box}] vector {inst['vector_id']}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # --- index -----------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def cmd_index_info(args: argparse.Namespace, settings: Settings) -> int:
                 "pending_images": status.pending_images,
             }
         )
-        return EXIT_OK
+        return ExitCode.OK
     if meta is None:
         _out(f"no live index: {error}")
     else:
@@ -217,7 +217,7 @@ def cmd_index_info(args: argparse.Namespace, settings: Settings) -> int:
         )
         _out(f"index       {meta.factory}, {meta.count} vectors of {meta.dim} ({meta.embedder})")
     _out(f"database    {status.vectors} vectors, {status.pending_images} images pending")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 RUN_FIELDS = ("id", "status", "full", "started_at", "finished_at", "version", "feed")
@@ -232,12 +232,12 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
         data = [_columns(run, RUN_FIELDS + fields) for run in runs]
     if args.json:
         _json({"data": data, "count": total})
-        return EXIT_OK
+        return ExitCode.OK
     _table([[row[f] for f in RUN_FIELDS] for row in data], RUN_FIELDS)
     for row in data:
         if row["counts"] or row["error"]:
             _out(f"run {row['id']}: {json.dumps(row['counts'])} {row['error'] or ''}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
@@ -256,13 +256,13 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
         pairs = near_duplicates(session=session, index=index, options=options)
     if args.json:
         _json(pairs)
-        return EXIT_OK
+        return ExitCode.OK
     rows = [
         [f"{p.score:.4f}", p.a.sku, p.a.merchant, p.b.sku, p.b.merchant, p.matches, p.a.title]
         for p in pairs
     ]
     _table(rows, ["cosine", "sku a", "merchant a", "sku b", "merchant b", "matches", "title a"])
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_searches(args: argparse.Namespace, settings: Settings) -> int:
@@ -282,7 +282,7 @@ def cmd_searches(args: argparse.Namespace, settings: Settings) -> int:
     if stats is None:
         if args.json:
             _json({"data": rows, "count": total})
-            return EXIT_OK
+            return ExitCode.OK
         _table(
             [
                 [r.created_at, r.merchant, r.instance_count, r.product_count, f"{r.latency_ms:.0f}"]
@@ -292,12 +292,12 @@ def cmd_searches(args: argparse.Namespace, settings: Settings) -> int:
             ["time", "merchant", "instances", "products", "ms", "top products"],
         )
         _out(f"{len(rows)} of {total} shown")
-        return EXIT_OK
+        return ExitCode.OK
     if args.json:
         _json({**asdict(stats), "zero_result_rate": stats.zero_result_rate})
-        return EXIT_OK
+        return ExitCode.OK
     _print_stats(stats)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _print_stats(stats: Any) -> None:

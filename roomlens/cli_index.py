@@ -22,9 +22,7 @@ from typing import Any
 
 from search.config import Settings
 from search.errors import IndexerBusy
-
-EXIT_BUSY = 75
-EXIT_INTERRUPTED = 130
+from search.exit_codes import ExitCode
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,10 +120,10 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
         report = run_index(args.feed, settings=settings, options=options)
     except IndexerBusy as exc:
         _err(f"roomlens: {exc}; try again later")
-        return EXIT_BUSY
+        return ExitCode.BUSY
     except KeyboardInterrupt:
         _err("roomlens: interrupted; the next run resumes where this one stopped")
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     if args.json:
         body = {"run_id": report.run_id, "status": report.status, **report.counts()}
         body |= {"version": report.version, "timings_ms": report.timings_ms}

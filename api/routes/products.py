@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from api.deps import MetricsDep, SearchServiceDep, SessionDep
 from api.errors import problem_responses
-from api.routes.search import product_filter, product_public, product_url
+from api.mapping import product_filter, product_public, product_url
 from api.schemas import (
     CatalogImagePublic,
     CategoryCount,

@@ -6,25 +6,17 @@ import logging
 import time
 from functools import partial
 from typing import Annotated
-from urllib.parse import quote
 
 import anyio
-import cv2
-import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
 
 from api.deps import MetricsDep, PoolDep, StateDep
 from api.errors import problem_responses
+from api.mapping import product_filter, product_public, rounded, to_response
 from api.schemas import (
-    FilterFields,
-    ImageSize,
     IndexPublic,
-    InstancePublic,
-    MaskPublic,
-    MaskRLE,
-    ProductPublic,
     SearchForm,
     SearchResponse,
     TextQuery,
@@ -34,12 +26,10 @@ from api.schemas import (
 from api.state import AppState
 from merchant.querylog import record_search
 from search.errors import ImageTooLarge
-from search.filters import ProductFilter, parse_attributes
 from search.images import decode_image
-from search.masks import encode_rle, mask_to_polygons
 from search.service import SearchOptions, SearchService
 from search.timing import Timer
-from search.types import Box, InstanceResult, ProductHit, SearchResult
+from search.types import Box, SearchResult
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -76,7 +66,7 @@ async def search(
     )
     timer.add("queue", wait_ms)
     await anyio.to_thread.run_sync(partial(log_search, state, result, form, data, started))
-    response.timings_ms = {**response.timings_ms, **_rounded(timer.ms)}
+    response.timings_ms = {**response.timings_ms, **rounded(timer.ms)}
     metrics.observe_stages("search", response.timings_ms)
     metrics.instances.observe(len(response.instances))
     return response
@@ -96,7 +86,7 @@ async def search_text(state: StateDep, pool: PoolDep, query: TextQuery) -> TextS
         text=result.text,
         index=IndexPublic(**vars(result.index)),
         products=[product_public(hit) for hit in result.products],
-        timings_ms=_rounded(result.timings_ms),
+        timings_ms=rounded(result.timings_ms),
     )
 
 
@@ -125,18 +115,6 @@ async def photo_bytes(
     if len(data) > limit:
         raise ImageTooLarge(f"the upload is over the limit of {limit} bytes")
     return data
-
-
-def product_filter(fields: FilterFields) -> ProductFilter:
-    """The core's filter for the wire's filter fields."""
-    return ProductFilter(
-        categories=frozenset(fields.category) if fields.category else None,
-        min_price=fields.min_price,
-        max_price=fields.max_price,
-        in_stock=fields.in_stock,
-        merchants=frozenset(fields.merchant) if fields.merchant else None,
-        attributes=parse_attributes(fields.attribute),
-    )
 
 
 def search_options(form: SearchForm) -> SearchOptions:
@@ -180,54 +158,3 @@ def log_search(
             )
     except Exception:
         log.exception("could not record the search")
-
-
-def to_response(result: SearchResult) -> SearchResponse:
-    width, height = result.image_size
-    return SearchResponse(
-        index=IndexPublic(**vars(result.index)),
-        image=ImageSize(width=width, height=height),
-        instances=[_instance(group) for group in result.groups],
-        timings_ms=_rounded(result.timings_ms),
-    )
-
-
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {name: round(ms, 2) for name, ms in timings.items()}
-
-
-def column_major(mask: np.ndarray) -> np.ndarray:
-    """The same (h, w) mask laid out column-major, so COCO RLE reads it without a slow
-    transposing copy (OpenCV transposes bytes several times faster than numpy)."""
-    flat = np.ascontiguousarray(mask, dtype=np.bool_).view(np.uint8)
-    return np.asarray(cv2.transpose(flat)).view(np.bool_).T
-
-
-def _instance(group: InstanceResult) -> InstancePublic:
-    inst = group.instance
-    rle = encode_rle(column_major(inst.mask))
-    return InstancePublic(
-        label=inst.label,
-        score=round(float(inst.score), 4),
-        box=[round(v, 1) for v in inst.box.as_list()],
-        mask=MaskPublic(rle=MaskRLE(**rle), polygons=mask_to_polygons(inst.mask)),
-        products=[product_public(hit) for hit in group.products],
-    )
-
-
-def product_public(hit: ProductHit) -> ProductPublic:
-    return ProductPublic(
-        sku=hit.sku,
-        title=hit.title,
-        category=hit.category,
-        score=round(hit.score, 4),
-        similarity=round(hit.similarity, 4) if hit.similarity is not None else None,
-        image_url=f"/v1/images/{hit.image_id}" if hit.image_id is not None else None,
-        price=hit.price,
-        currency=hit.currency,
-        url=product_url(hit.sku),
-    )
-
-
-def product_url(sku: str) -> str:
-    return f"/v1/products/{quote(sku, safe='')}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from api.routes.search import column_major
+from api.mapping import column_major
 from search.masks import decode_rle, encode_rle
 
 
