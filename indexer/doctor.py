@@ -141,7 +141,7 @@ def _check_images(session: Session, expected: Expected, report: DoctorReport) ->
             select(ProductImage.error).where(ProductImage.status == "failed").limit(3)
         )
         report.add("warning", "images", f"{images['failed']} images failed, e.g. {list(errors)}")
-    active = InstanceRow.retired_in_run.is_(None)
+    active = catalog.active_instances()
     empty = (
         select(func.count())
         .select_from(ProductImage)

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from merchant.errors import Forbidden
@@ -57,12 +57,6 @@ class CatalogStats:
     totals: CategoryStats
 
 
-def active_instances() -> ColumnElement[bool]:
-    """Instances that are in the catalog now: not retired by an index run (the index version
-    still being served may hold those; `InstanceRow.retired_in_run`, migration 0003)."""
-    return InstanceRow.retired_in_run.is_(None)
-
-
 def _scoped(stmt: S, merchant: str | None) -> S:
     return stmt if merchant is None else stmt.where(Product.merchant == merchant)
 
@@ -91,7 +85,7 @@ def catalog_stats(*, session: Session, merchant: str | None = None) -> CatalogSt
         .select_from(InstanceRow)
         .join(ProductImage, InstanceRow.image_id == ProductImage.id)
         .join(Product, ProductImage.product_id == Product.id)
-        .where(active_instances())
+        .where(catalog.active_instances())
         .group_by(*keys)
     )
     for m, c, n, v in session.execute(_scoped(instances, merchant)):
@@ -159,7 +153,7 @@ def product_detail(*, session: Session, sku: str) -> Product:
         .where(Product.sku == sku)
         .options(
             selectinload(Product.images).selectinload(
-                ProductImage.instances.and_(active_instances())
+                ProductImage.instances.and_(catalog.active_instances())
             )
         )
     )
@@ -255,7 +249,9 @@ def index_status(
     vectors = select(func.count(InstanceRow.vector_id)).join(
         ProductImage, InstanceRow.image_id == ProductImage.id
     )
-    vectors = vectors.join(Product, ProductImage.product_id == Product.id).where(active_instances())
+    vectors = vectors.join(Product, ProductImage.product_id == Product.id).where(
+        catalog.active_instances()
+    )
     pending = select(func.count(ProductImage.id)).join(
         Product, ProductImage.product_id == Product.id
     )

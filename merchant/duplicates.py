@@ -21,7 +21,6 @@ import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from merchant.admin import active_instances
 from search import catalog
 from search.db import InstanceRow, Product, ProductImage
 from search.errors import InvalidInput
@@ -79,7 +78,7 @@ def _scope_ids(session: Session, merchant: str | None) -> npt.NDArray[np.int64]:
         select(InstanceRow.vector_id)
         .join(ProductImage, InstanceRow.image_id == ProductImage.id)
         .join(Product, ProductImage.product_id == Product.id)
-        .where(InstanceRow.vector_id.is_not(None), active_instances())
+        .where(InstanceRow.vector_id.is_not(None), catalog.active_instances())
     )
     if merchant is not None:
         stmt = stmt.where(Product.merchant == merchant)

@@ -29,6 +29,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from merchant.tables import SearchLogEntry
+from search import catalog
 from search.db import Product
 from search.errors import InvalidInput
 from search.service import WHOLE_IMAGE_LABEL
@@ -341,8 +342,7 @@ def _product_titles(
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     chosen: list[tuple[str, int]] = []
     titles: dict[str, str] = {}
-    for start in range(0, len(ranked), 500):
-        chunk = ranked[start : start + 500]
+    for chunk in catalog.chunks(ranked):
         stmt = select(Product.sku, Product.title).where(Product.sku.in_([s for s, _ in chunk]))
         if merchant is not None:
             stmt = stmt.where(Product.merchant == merchant)

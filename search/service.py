@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from search import catalog
@@ -34,33 +32,9 @@ log = logging.getLogger(__name__)
 
 WHOLE_IMAGE_LABEL = "image"
 REGION_LABEL = "region"
-LOOKUP_CHUNK = 2000  # vector ids per IN (...) list, under every database's parameter limit
 
 CategoryPolicy = Callable[[Instance], frozenset[str] | None]
 """Per-instance category restriction: the categories an instance may match, or None for any."""
-
-
-@dataclass(frozen=True)
-class HitProduct:
-    """The catalog columns that filtering and returning a hit read. Loaded as plain columns,
-    not ORM objects: 1,280 rows take ~12 ms instead of ~65 ms (a sofa-only instance can page
-    through half the index before it has its products)."""
-
-    sku: str
-    title: str
-    category: str | None
-    price: float | None
-    currency: str | None
-    color: str | None
-    merchant: str | None
-    in_stock: bool | None
-    extra: dict[str, Any] | None
-
-
-HIT_COLUMNS = tuple(getattr(catalog.Product, f.name) for f in fields(HitProduct))
-
-# vector id -> (image id, product): what ranking a hit needs, without vectors or masks.
-HitRows = dict[int, tuple[int, HitProduct]]
 
 
 @dataclass(frozen=True)
@@ -237,17 +211,10 @@ class SearchService:
     def _product_vectors(self, sku: str, index: FaissIndex) -> np.ndarray:
         with self.session_factory() as session:
             product = catalog.get_product(session=session, sku=sku)
-            stmt = (
-                select(catalog.InstanceRow.vector_id, catalog.InstanceRow.vector)
-                .join(catalog.ProductImage)
-                .where(
-                    catalog.ProductImage.product_id == product.id,
-                    catalog.InstanceRow.embedder == self.embedder.name,
-                )
-                .order_by(catalog.InstanceRow.id)
+            rows = catalog.product_vector_rows(
+                session=session, product_id=product.id, embedder=self.embedder.name
             )
-            rows = session.execute(stmt).all()
-        return stored_vectors(index, [(vid, raw) for vid, raw in rows], self.embedder.dim)
+        return stored_vectors(index, rows, self.embedder.dim)
 
     def _rank(
         self,
@@ -260,7 +227,7 @@ class SearchService:
         """Top products per query vector, fetching more from the index while filters starve."""
         hits: list[list[ProductHit]] = [[] for _ in range(len(vectors))]
         pending = list(range(len(vectors)))
-        rows: HitRows = {}
+        rows: catalog.HitRows = {}
         temperature = self.settings.score_temperature
         pool = max(options.k, CALIBRATION_POOL) if temperature > 0 else options.k
         with self.session_factory() as session:
@@ -269,7 +236,7 @@ class SearchService:
                     scores, ids = index.search(vectors[pending], fetch)
                 with timer.stage("catalog"):
                     new = {int(i) for i in ids.ravel() if i >= 0 and int(i) not in rows}
-                    rows.update(hit_rows(session=session, vector_ids=sorted(new)))
+                    rows.update(catalog.hit_rows(session=session, vector_ids=sorted(new)))
                     still = []
                     for row, i in enumerate(pending):
                         ranked = rank_products(scores[row], ids[row], rows, filters[i], pool)
@@ -283,7 +250,7 @@ class SearchService:
 
 
 def rank_products(
-    scores: np.ndarray, ids: np.ndarray, rows: HitRows, filters: ProductFilter, k: int
+    scores: np.ndarray, ids: np.ndarray, rows: catalog.HitRows, filters: ProductFilter, k: int
 ) -> _Ranked:
     """Each product once, with its best-scoring vector, best first, at most k, filtered."""
     hits: dict[str, ProductHit] = {}
@@ -340,23 +307,6 @@ def merge_best(lists: Sequence[Sequence[ProductHit]], k: int) -> list[ProductHit
     return sorted(best.values(), key=lambda h: -h.score)[:k]
 
 
-def hit_rows(*, session: Session, vector_ids: Sequence[int]) -> HitRows:
-    """(image id, product) for each known vector id, in one lean query (no vectors, no masks)."""
-    out: HitRows = {}
-    wanted = [int(v) for v in vector_ids]
-    for start in range(0, len(wanted), LOOKUP_CHUNK):
-        stmt = (
-            select(catalog.InstanceRow.vector_id, catalog.InstanceRow.image_id, *HIT_COLUMNS)
-            .join(catalog.ProductImage, catalog.InstanceRow.image_id == catalog.ProductImage.id)
-            .join(catalog.Product, catalog.ProductImage.product_id == catalog.Product.id)
-            .where(catalog.InstanceRow.vector_id.in_(wanted[start : start + LOOKUP_CHUNK]))
-        )
-        for vid, image_id, *columns in session.execute(stmt):
-            if vid is not None:
-                out[int(vid)] = (int(image_id), HitProduct(*columns))
-    return out
-
-
 def stored_vectors(
     index: FaissIndex, rows: Sequence[tuple[int | None, bytes | None]], dim: int
 ) -> np.ndarray:
@@ -375,7 +325,7 @@ def stored_vectors(
 
 
 def product_hit(
-    product: HitProduct | catalog.Product, image_id: int | None, score: float
+    product: catalog.HitProduct | catalog.Product, image_id: int | None, score: float
 ) -> ProductHit:
     return ProductHit(
         sku=product.sku,
