@@ -36,8 +36,8 @@ from search import catalog
 from search.config import Settings
 from search.db import make_engine, make_session_factory
 from search.fetch import Fetcher, FetchPolicy
-from search.models.base import Embedder
-from search.models.registry import build_embedder
+from search.models.base import EmbedderId
+from search.models.registry import embedder_identity
 from search.timing import Timer
 
 __all__ = [
@@ -232,7 +232,7 @@ class _Run:
 
     # --- images ------------------------------------------------------------------------------
 
-    def _models(self, models: IndexModels | None) -> tuple[IndexModels | None, Embedder]:
+    def _models(self, models: IndexModels | None) -> tuple[IndexModels | None, EmbedderId]:
         """The models this process runs (built unless given), and the embedder whose name
         keys the vectors. The Ray engine's workers build their own; publishing needs none."""
         local = self.options.engine == "local" and self.scope.skus != ()
@@ -240,7 +240,7 @@ class _Run:
             workers = self._model_workers(given=False)
             models = IndexModels.build(self.settings.models, workers=workers)
             self.own_models = True
-        embedder = models.embedder if models else build_embedder(self.settings.models)
+        embedder = models.embedder if models else embedder_identity(self.settings.models)
         return models, embedder
 
     def _model_workers(self, *, given: bool) -> int:
@@ -265,7 +265,7 @@ class _Run:
         assert models is not None
         return LocalEngine(models, config, Fetcher(fetch), batching)
 
-    def _process_images(self, embedder: Embedder, engine: ImageEngine) -> None:
+    def _process_images(self, embedder: EmbedderId, engine: ImageEngine) -> None:
         with self.sessions() as session:
             total = sum(catalog.catalog_counts(session=session).images.values())
         self.report.images_total = total
@@ -348,7 +348,7 @@ class _Run:
 
     # --- publish and history -----------------------------------------------------------------
 
-    def _publish(self, embedder: Embedder) -> None:
+    def _publish(self, embedder: EmbedderId) -> None:
         target = PublishTarget(self.settings.index.dir, self.run_id, self.options.keep_versions)
         published = publish(self.sessions, embedder, target)
         self.report.version = published.version

@@ -37,7 +37,7 @@ from search.index import (
     utc_now_iso,
     version_dir,
 )
-from search.models.base import Embedder
+from search.models.base import EmbedderId
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Published:
 
 
 def publish(
-    sessions: sessionmaker[Session], embedder: Embedder, target: PublishTarget
+    sessions: sessionmaker[Session], embedder: EmbedderId, target: PublishTarget
 ) -> Published:
     """Bring the live index version in line with the database (see the module docstring)."""
     with sessions() as session:
@@ -78,7 +78,7 @@ def _stats_counts(stats: tuple[int, int]) -> dict[str, int]:
 
 
 def _matching_version(
-    session: Session, embedder: Embedder, root: Path, stats: tuple[int, int]
+    session: Session, embedder: EmbedderId, root: Path, stats: tuple[int, int]
 ) -> Published | None:
     """The published version when its committed build recorded exactly these vector stats."""
     version = current_version(root)
@@ -99,7 +99,7 @@ def _matching_version(
 
 def _build_and_switch(
     sessions: sessionmaker[Session],
-    embedder: Embedder,
+    embedder: EmbedderId,
     target: PublishTarget,
     expected: int,
 ) -> Published:
@@ -141,7 +141,7 @@ def _build_and_switch(
 
 
 def _training_sample(
-    sessions: sessionmaker[Session], embedder: Embedder, size: int, seed: int = 0
+    sessions: sessionmaker[Session], embedder: EmbedderId, size: int, seed: int = 0
 ) -> np.ndarray:
     """`size` stored vectors drawn uniformly (reservoir sampling over one pass)."""
     rng = np.random.default_rng(seed)

@@ -136,9 +136,9 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from indexer.doctor import Expected, run_doctor
-    from search.models.registry import build_embedder
+    from search.models.registry import embedder_identity
 
-    embedder = build_embedder(settings.models)
+    embedder = embedder_identity(settings.models)  # no weights loaded
     report = run_doctor(settings, Expected(embedder.name, embedder.dim), sample=args.sample)
     if args.json:
         findings = [f.__dict__ for f in report.findings]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from search.config import Settings
-from search.models.manage import ModelStatus
+from search.models.status import ModelStatus
 
 
 def _print(rows: Sequence[ModelStatus]) -> int:
@@ -22,13 +22,13 @@ def _print(rows: Sequence[ModelStatus]) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from search.models.manage import list_models
+    from search.models.registry import list_models
 
     return _print(list_models(settings.models, check_load=not args.no_load_check))
 
 
 def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from search.models.manage import fetch_models
+    from search.models.registry import fetch_models
 
     return _print(fetch_models(settings.models, timeout_s=args.timeout))
 

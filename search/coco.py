@@ -111,3 +111,9 @@ FURNITURE_CLASSES: frozenset[str] = frozenset(
         "refrigerator",
     }
 )
+
+
+def classes_for(detector_classes: str) -> frozenset[str] | None:
+    """The COCO classes a scene segmenter keeps for `ModelSettings.detector_classes`
+    ("furniture": FURNITURE_CLASSES; "all": None, every class)."""
+    return FURNITURE_CLASSES if detector_classes == "furniture" else None

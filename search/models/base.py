@@ -36,6 +36,17 @@ class Segmenter(Protocol):
         ...
 
 
+class EmbedderId(Protocol):
+    """What an index records of its embedder: an `Embedder` has it, and so has the
+    registry's `EmbedderIdentity`, known without loading any weights."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+
 @runtime_checkable
 class Embedder(Protocol):
     """Maps images to L2-normalised float32 vectors."""

@@ -16,6 +16,7 @@ transform it returns is the only preprocessing used. Weights (`pretrained`):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -33,7 +34,7 @@ from PIL import Image
 
 from search.errors import ModelUnavailable
 from search.models.device import set_torch_threads
-from search.models.manage import PROBE_TIMEOUT_S, file_sha256, probe_url
+from search.models.weights import PROBE_TIMEOUT_S, file_sha256, probe_url
 from search.types import Vectors
 
 logger = logging.getLogger(__name__)
@@ -285,6 +286,20 @@ def _create_from_tag(
             source.model_name, pretrained=tag, **kwargs
         )
     return model, preprocess
+
+
+def config_dim(source: ClipSource) -> int:
+    """The embedding size from the model's config alone (no weights loaded): open_clip's
+    built-in config, or the `open_clip_config.json` of a local folder."""
+    if source.kind == "dir":
+        config = json.loads((Path(str(source.value)) / CONFIG_FILE).read_text())
+        model_cfg = config.get("model_cfg", {})
+    else:
+        model_cfg = open_clip.get_model_config(source.model_name) or {}
+    dim = model_cfg.get("embed_dim")
+    if not isinstance(dim, int):
+        raise ModelUnavailable(f"no embed_dim in the open_clip config of {source.identity}")
+    return dim
 
 
 def _output_dim(model: torch.nn.Module) -> int:

@@ -20,7 +20,6 @@ from PIL import Image
 from search.coco import COCO_CLASSES
 from search.crops import largest_or_cutout
 from search.errors import ModelUnavailable
-from search.models.manage import PROBE_TIMEOUT_S, probe_url
 from search.models.maskrcnn import (
     ClassNames,
     check_classes,
@@ -28,6 +27,7 @@ from search.models.maskrcnn import (
     select_detections,
     weights_label,
 )
+from search.models.weights import PROBE_TIMEOUT_S, probe_url
 from search.types import Box, Instance
 
 logger = logging.getLogger(__name__)

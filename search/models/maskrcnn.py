@@ -33,7 +33,7 @@ from search.coco import COCO_CLASSES
 from search.crops import largest_or_cutout
 from search.errors import InvalidInput, ModelUnavailable
 from search.models.device import set_torch_threads
-from search.models.manage import PROBE_TIMEOUT_S, file_sha256, probe_url
+from search.models.weights import PROBE_TIMEOUT_S, file_sha256, probe_url
 from search.types import BoolMask, Box, Instance
 
 logger = logging.getLogger(__name__)

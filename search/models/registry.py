@@ -1,28 +1,70 @@
-"""One registry per model family, keyed by name. Every backend can be built without weights."""
+"""The one registry of model backends, keyed by name; the factory and `roomlens models` read it.
+
+Each backend is a spec: how to build it (every backend can be built without weights), the
+status rows `roomlens models list|fetch` print for it, and, for embedders, the identity the
+index sidecar records and the vector width, both known without loading any weights (so the
+doctor, publish-only and Ray runs never build an embedder to learn its name). Backends are
+imported lazily, inside the spec's functions: listing the offline models never imports
+open_clip. Adding a backend: its own module, and one line in `EMBEDDERS` or `SEGMENTERS`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
+from search.coco import classes_for
 from search.config import ModelSettings
 from search.errors import InvalidInput
+from search.models import status
 from search.models.base import Detector, Embedder, Segmenter
 from search.models.device import resolve_device
 from search.models.ensemble import SEPARATOR, ConcatEmbedder
+from search.models.status import ModelStatus
+from search.models.weights import socket_timeout
 
-EmbedderFactory = Callable[[str, ModelSettings, bool], Embedder]
-SegmenterFactory = Callable[[str, ModelSettings, bool], Segmenter]
 F = TypeVar("F")
+StatusFn = Callable[[str, ModelSettings, bool, "float | None"], list[ModelStatus]]
 
 
-def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
-    from search.models.efficientnet import EfficientNetLiteEmbedder, parse_lite_name
+@dataclass(frozen=True)
+class EmbedderIdentity:
+    """What an index records of its embedder: the name and the vector width."""
+
+    name: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    build: Callable[[str, ModelSettings, bool], Embedder]  # (name, settings, pretrained)
+    identity: Callable[[str, ModelSettings, bool], EmbedderIdentity]  # no weights loaded
+    status: StatusFn
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    build: Callable[[str, ModelSettings, bool], Segmenter]
+    status: StatusFn
+
+
+# --- EfficientNet-Lite (offline, onnxruntime on the CPU) --------------------------------------
+
+
+def _lite_variant(name: str) -> tuple[int, str]:
+    from search.models.efficientnet import parse_lite_name
 
     parsed = parse_lite_name(name)
     if parsed is None:
         raise InvalidInput(f"unknown EfficientNet-Lite variant {name!r}")
-    variant, pooling = parsed
+    return parsed
+
+
+def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
+    from search.models.efficientnet import EfficientNetLiteEmbedder
+
+    variant, pooling = _lite_variant(name)
     return EfficientNetLiteEmbedder(
         variant,
         pooling=pooling,
@@ -33,15 +75,55 @@ def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embed
     )
 
 
+def _efficientnet_identity(
+    name: str, settings: ModelSettings, pretrained: bool
+) -> EmbedderIdentity:
+    from search.models.efficientnet import FEATURE_DIM, lite_name
+
+    variant, pooling = _lite_variant(name)
+    suffix = "" if pretrained else "-random"
+    return EmbedderIdentity(lite_name(variant, pooling) + suffix, FEATURE_DIM)
+
+
+EFFICIENTNET = EmbedderSpec(_efficientnet, _efficientnet_identity, status.efficientnet_status)
+
+
+# --- open_clip ----------------------------------------------------------------------------------
+
+
+def _open_clip(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
+    from search.models.clip import OpenClipEmbedder
+
+    return OpenClipEmbedder(
+        settings.clip_model,
+        settings.clip_pretrained if pretrained else None,
+        device=resolve_device(settings.device),
+        threads=settings.threads,
+    )
+
+
+def _open_clip_identity(name: str, settings: ModelSettings, pretrained: bool) -> EmbedderIdentity:
+    from search.models.clip import config_dim, resolve_source
+
+    source = resolve_source(settings.clip_model, settings.clip_pretrained if pretrained else None)
+    return EmbedderIdentity(source.identity, config_dim(source))
+
+
+OPEN_CLIP = EmbedderSpec(_open_clip, _open_clip_identity, status.open_clip_status)
+
+
+# --- segmenters ---------------------------------------------------------------------------------
+
+
 def _lite(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
     from search.models.lite import LiteSegmenter
-    from search.models.nanodet import NanoDetDetector
+    from search.models.nanodet import NANODET_FILE, NanoDetDetector
     from search.models.u2net import U2NetMasker
 
     detector = NanoDetDetector(
-        settings.models_dir / "nanodet-m-416.onnx",
+        settings.models_dir / NANODET_FILE,
         score_threshold=settings.detector_score,
-        classes=_classes(settings),
+        classes=classes_for(settings.detector_classes),
         threads=settings.threads,
     )
     masker = U2NetMasker(threads=settings.threads)
@@ -67,31 +149,13 @@ def _lamp_proposer(settings: ModelSettings) -> Detector:
     )
 
 
-def _classes(settings: ModelSettings) -> frozenset[str] | None:
-    """The COCO classes a scene segmenter keeps (None: all of them)."""
-    from search.coco import FURNITURE_CLASSES
-
-    return FURNITURE_CLASSES if settings.detector_classes == "furniture" else None
-
-
-def _open_clip(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
-    from search.models.clip import OpenClipEmbedder
-
-    return OpenClipEmbedder(
-        settings.clip_model,
-        settings.clip_pretrained if pretrained else None,
-        device=resolve_device(settings.device),
-        threads=settings.threads,
-    )
-
-
 def _torchvision(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
     from search.models.maskrcnn import TorchvisionMaskRCNN
 
     return TorchvisionMaskRCNN(
         settings.maskrcnn_weights if pretrained else None,
         score_threshold=settings.detector_score,
-        classes=_classes(settings),
+        classes=classes_for(settings.detector_classes),
         max_instances=settings.max_instances,
         device=resolve_device(settings.device),
         threads=settings.threads,
@@ -107,20 +171,22 @@ def _detectron2(name: str, settings: ModelSettings, pretrained: bool) -> Segment
         settings.detectron2_config,
         settings.detectron2_weights if pretrained else None,
         score_threshold=settings.detector_score,
-        classes=_classes(settings),
+        classes=classes_for(settings.detector_classes),
         max_instances=settings.max_instances,
         device=resolve_device(settings.device),
     )
 
 
-EMBEDDERS: dict[str, EmbedderFactory] = {
-    **{f"efficientnet-lite{v}{p}": _efficientnet for v in range(5) for p in ("", "-gem")},
-    "open-clip": _open_clip,
+# --- the registry -------------------------------------------------------------------------------
+
+EMBEDDERS: dict[str, EmbedderSpec] = {
+    **{f"efficientnet-lite{v}{p}": EFFICIENTNET for v in range(5) for p in ("", "-gem")},
+    "open-clip": OPEN_CLIP,
 }
-SEGMENTERS: dict[str, SegmenterFactory] = {
-    "lite": _lite,
-    "torchvision": _torchvision,
-    "detectron2": _detectron2,
+SEGMENTERS: dict[str, SegmenterSpec] = {
+    "lite": SegmenterSpec(_lite, status.lite_status),
+    "torchvision": SegmenterSpec(_torchvision, status.maskrcnn_status),
+    "detectron2": SegmenterSpec(_detectron2, status.detectron2_status),
 }
 
 
@@ -134,15 +200,29 @@ def available_segmenters() -> list[str]:
     return sorted(SEGMENTERS)
 
 
+def _embedder_names(settings: ModelSettings) -> list[tuple[str, EmbedderSpec]]:
+    """(name, spec) of each part of the configured embedder ("a+b" is an ensemble)."""
+    names = settings.embedder.split(SEPARATOR)
+    return [(name, _lookup(EMBEDDERS, name, "embedder")) for name in names]
+
+
 def build_embedder(settings: ModelSettings, *, pretrained: bool = True) -> Embedder:
     """The embedder named by `settings.embedder`; `pretrained=False` gives random weights.
 
     Names joined by "+" ("efficientnet-lite0-gem+efficientnet-lite2-gem") build each part and
     concatenate their vectors (`search.models.ensemble`).
     """
-    names = settings.embedder.split(SEPARATOR)
-    parts = [_lookup(EMBEDDERS, name, "embedder")(name, settings, pretrained) for name in names]
+    parts = [spec.build(name, settings, pretrained) for name, spec in _embedder_names(settings)]
     return parts[0] if len(parts) == 1 else ConcatEmbedder(parts)
+
+
+def embedder_identity(settings: ModelSettings, *, pretrained: bool = True) -> EmbedderIdentity:
+    """The configured embedder's name and dimension, as `build_embedder` would give them,
+    without loading any weights."""
+    parts = [spec.identity(name, settings, pretrained) for name, spec in _embedder_names(settings)]
+    if len(parts) == 1:
+        return parts[0]
+    return EmbedderIdentity(SEPARATOR.join(p.name for p in parts), sum(p.dim for p in parts))
 
 
 def build_segmenter(settings: ModelSettings, *, pretrained: bool = True) -> Segmenter:
@@ -150,9 +230,50 @@ def build_segmenter(settings: ModelSettings, *, pretrained: bool = True) -> Segm
 
     "lite" has no random variant: its ONNX models ship with the repository and a wheel.
     """
-    return _lookup(SEGMENTERS, settings.segmenter, "segmenter")(
-        settings.segmenter, settings, pretrained
+    spec = _lookup(SEGMENTERS, settings.segmenter, "segmenter")
+    return spec.build(settings.segmenter, settings, pretrained)
+
+
+def _status_rows(
+    settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> list[ModelStatus]:
+    kind = settings.segmenter
+    segmenter = SEGMENTERS.get(kind)
+    rows = (
+        segmenter.status(kind, settings, check_load, fetch_s)
+        if segmenter is not None
+        else [status.unavailable("segmenter", kind, None, f"unknown segmenter {kind!r}")]
     )
+    for name in settings.embedder.split(SEPARATOR):
+        embedder = EMBEDDERS.get(name)
+        if embedder is None:
+            rows.append(status.unavailable("embedder", name, None, f"unknown embedder {name!r}"))
+        else:
+            rows += embedder.status(name, settings, check_load, fetch_s)
+    return rows
+
+
+def list_models(settings: ModelSettings, *, check_load: bool = True) -> list[ModelStatus]:
+    """Every weights file the configured segmenter and embedder use: path, sha256, whether it
+    loads.
+
+    Never downloads: a pretrained tag or torchvision download not in the local cache is reported
+    with `loads=False` and what to run or place.
+    """
+    return _status_rows(settings, check_load, None)
+
+
+def fetch_models(settings: ModelSettings, *, timeout_s: float = 10) -> list[ModelStatus]:
+    """Download what the configured models need (open_clip tags, torchvision COCO weights).
+
+    Downloads go through open_clip (`pretrained=tag`) and torchvision
+    (`weights.get_state_dict`), after probing the host for `timeout_s` seconds; an unreachable
+    host gives, within seconds, a row with `loads=False` naming the file to place and where.
+    Files that ship with the repository or a wheel are only checked. Every row is load-checked.
+    The socket timeout is process-wide while this runs: call it from the CLI, not the server.
+    """
+    with socket_timeout(timeout_s):
+        return _status_rows(settings, True, timeout_s)
 
 
 def _lookup(table: dict[str, F], name: str, family: str) -> F:

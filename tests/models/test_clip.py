@@ -19,8 +19,8 @@ from search.errors import ModelUnavailable
 from search.models import clip
 from search.models.base import Embedder
 from search.models.clip import OpenClipEmbedder, resolve_source
-from search.models.manage import file_sha256
 from search.models.registry import build_embedder
+from search.models.weights import file_sha256
 
 SMALL_MODEL = "ViT-S-32"  # same code path as ViT-B-32, half the build time
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, refused at once

@@ -21,7 +21,6 @@ from search.config import ModelSettings
 from search.errors import InvalidInput, ModelUnavailable
 from search.models import maskrcnn
 from search.models.base import Segmenter
-from search.models.manage import file_sha256
 from search.models.maskrcnn import (
     WEIGHTS,
     MaskRCNNOptions,
@@ -31,6 +30,7 @@ from search.models.maskrcnn import (
     working_size,
 )
 from search.models.registry import build_segmenter
+from search.models.weights import file_sha256
 from search.types import Instance
 
 SMALL = MaskRCNNOptions(min_size=160, max_size=320, proposals=64, detections_per_image=16)

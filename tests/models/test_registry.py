@@ -106,3 +106,37 @@ def test_the_lamp_proposer_shares_the_embedders_lite0() -> None:
     assert proposer.model._session is lite0._session is not None
     assert proposer.model._model is lite0._model
     assert EfficientNetLiteEmbedder(0, threads=2)._session is not lite0._session
+
+
+@pytest.mark.parametrize(
+    ("embedder", "profile"),
+    [
+        ("efficientnet-lite0", "offline"),
+        ("efficientnet-lite0-gem+efficientnet-lite2-gem", "offline"),
+        ("open-clip", "clip"),
+    ],
+)
+def test_identity_without_weights_is_what_the_built_embedder_says(
+    embedder: str, profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from search.models import clip, efficientnet
+    from search.models.registry import embedder_identity
+
+    settings = ModelSettings(profile=profile, embedder=embedder, clip_model="ViT-S-32", threads=1)
+    built = build_embedder(settings, pretrained=False)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the identity must not build a model")
+
+    monkeypatch.setattr(efficientnet.EfficientNetLiteEmbedder, "__init__", refuse)
+    monkeypatch.setattr(clip.OpenClipEmbedder, "__init__", refuse)
+    identity = embedder_identity(settings, pretrained=False)
+    assert (identity.name, identity.dim) == (built.name, built.dim)
+
+
+def test_default_identity_names_the_pretrained_ensemble() -> None:
+    from search.models.registry import embedder_identity
+
+    identity = embedder_identity(ModelSettings())
+    assert identity.name == "efficientnet-lite0-gem+efficientnet-lite2-gem"
+    assert identity.dim == 2560

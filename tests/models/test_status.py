@@ -16,14 +16,9 @@ import torch
 
 from search.config import ModelSettings
 from search.models import maskrcnn
-from search.models.manage import (
-    ModelStatus,
-    fetch_models,
-    file_sha256,
-    list_models,
-    probe_url,
-    socket_timeout,
-)
+from search.models.registry import fetch_models, list_models
+from search.models.status import ModelStatus
+from search.models.weights import file_sha256, probe_url, socket_timeout
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NANODET_SHA256 = "ceaaafe9cb954496426b750682b9d1f593721d109668dbb4d525945cda99be39"  # README
