@@ -87,6 +87,30 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
+def cmd_eval_masks(args: argparse.Namespace, settings: Settings) -> int:
+    from search.evaluation.mask_command import (
+        MaskEvalOptions,
+        baseline_maskers,
+        mask_eval_command,
+        mask_table,
+    )
+
+    options = MaskEvalOptions(
+        images_dir=args.images,
+        limit=args.limit,
+        whole_photo=not args.no_whole_photo,
+        progress=not args.no_progress,
+    )
+    maskers = baseline_maskers(settings)
+    run = mask_eval_command(
+        args.annotations, args.out, settings=settings, maskers=maskers, options=options
+    )
+    print(mask_table(run))
+    print(f"\n{run.meta['photos']} photos in {run.meta['seconds']} s; reports: ", end="")
+    print(", ".join(str(f) for f in run.files))
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roomlens", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -113,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip whole-photo/box baselines")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-masks", help="measure instance masks against COCO ground truth")
+    p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
+    p.add_argument("--images", type=Path, default=None, help="default: images/ beside it")
+    p.add_argument("--out", type=Path, default=Path("eval-masks"), help="report folder")
+    p.add_argument("--limit", type=int, default=None, help="only the first N photos")
+    p.add_argument("--no-whole-photo", action="store_true", help="box-prompted only")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval_masks)
 
     for module in PLUGINS:
         importlib.import_module(module).register(sub)

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from search.types import Detection, Instance, Vectors
+from search.types import BoolMask, Box, Detection, Instance, Vectors
 
 
 @runtime_checkable
@@ -56,4 +56,15 @@ class Embedder(Protocol):
 
     def embed(self, images: Sequence[Image.Image]) -> Vectors:
         """An (n, dim) float32 array, each row of unit L2 norm."""
+        ...
+
+
+@runtime_checkable
+class BoxMasker(Protocol):
+    """Box-prompted instance masks: the pixels of the object inside each box."""
+
+    name: str
+
+    def masks(self, image: Image.Image, boxes: Sequence[Box]) -> list[BoolMask]:
+        """One (height, width) bool mask of the whole image per box, in the boxes' order."""
         ...
