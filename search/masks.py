@@ -14,13 +14,15 @@ has coordinates `index + 0.5`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from search.types import BoolMask, Box
+from search.types import BoolMask, Box, Instance
 
 logger = logging.getLogger(__name__)
 
@@ -250,3 +252,23 @@ def paste_mask(
         return out
     out[cy0:cy1, cx0:cx1] = local[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     return out
+
+
+def exclusive(instances: Sequence[Instance]) -> list[Instance]:
+    """The same instances with exclusive masks: where masks overlap, each pixel goes to one
+    instance, as in panoptic output. The smaller mask is taken to be in front (a cushion on a
+    sofa, a chair before a table) and keeps the shared pixels, as SAM's automatic mask
+    generator paints its masks largest first; equal areas go to the better score. Boxes,
+    labels and scores are unchanged; order is kept."""
+    if len(instances) < 2:
+        return list(instances)
+    order = sorted(
+        range(len(instances)), key=lambda i: (instances[i].mask_area, -instances[i].score)
+    )
+    taken = np.zeros_like(instances[order[0]].mask, dtype=bool)
+    masks: dict[int, BoolMask] = {}
+    for i in order:
+        mask = instances[i].mask & ~taken
+        taken |= mask
+        masks[i] = mask
+    return [replace(inst, mask=masks[i]) for i, inst in enumerate(instances)]

@@ -17,6 +17,7 @@ from search.errors import InvalidInput
 from search.filters import ProductFilter, fetch_schedule
 from search.index import FaissIndex
 from search.live import LiveIndex, LoadedIndex
+from search.masks import exclusive
 from search.models.base import Embedder, Segmenter
 from search.timing import Timer
 from search.types import (
@@ -122,10 +123,11 @@ class SearchService:
         return SearchResult(index_info(loaded), image.size, groups, timer.ms)
 
     def instances(self, image: Image.Image, region: Box | None = None) -> list[Instance]:
-        """The region as one instance, else the segmenter's instances, else the whole photo."""
+        """The region as one instance, else the segmenter's instances (with exclusive masks,
+        `search.masks.exclusive`), else the whole photo."""
         if region is not None:
             return [region_instance(image, region)]
-        return self.segmenter.segment(image) or [whole_image_instance(image)]
+        return exclusive(self.segmenter.segment(image)) or [whole_image_instance(image)]
 
     def filter_for(self, instance: Instance, base: ProductFilter) -> ProductFilter:
         """`base` combined with the category policy's choice for this instance."""

@@ -208,3 +208,30 @@ def test_paste_mask_places_and_clips() -> None:
     assert box_from_mask(resized) == Box(0.0, 0.0, 10.0, 4.0)
     assert not paste_mask(local, (20, 20, 24, 23), 10, 8).any()
     assert not paste_mask(local, (5, 5, 5, 9), 10, 8).any()
+
+
+def test_exclusive_masks_give_each_pixel_to_one_instance_smaller_in_front() -> None:
+    from search.masks import exclusive
+    from search.types import Instance
+
+    h, w = 40, 60
+    sofa = np.zeros((h, w), dtype=bool)
+    sofa[10:40, 0:50] = True
+    cushion = np.zeros((h, w), dtype=bool)
+    cushion[5:20, 10:25] = True  # partly on the sofa
+    twin = sofa.copy()  # the same area: the better score keeps it
+    found = [
+        Instance(Box(0, 10, 50, 40), "couch", 0.6, sofa),
+        Instance(Box(10, 5, 25, 20), "pillow", 0.3, cushion),
+        Instance(Box(0, 10, 50, 40), "bed", 0.9, twin),
+    ]
+    out = exclusive(found)
+    assert [i.label for i in out] == ["couch", "pillow", "bed"]
+    assert [i.box for i in out] == [i.box for i in found]
+    total = sum(i.mask.astype(int) for i in out)
+    assert total.max() == 1, "no pixel belongs to two instances"
+    assert (total.astype(bool) == (sofa | cushion)).all(), "no pixel is lost"
+    assert (out[1].mask == cushion).all(), "the smaller cushion is in front: it keeps all"
+    assert (out[2].mask == sofa & ~cushion).all(), "the bed outscores the couch of equal area"
+    assert not out[0].mask.any()
+    assert exclusive(found[:1]) == found[:1] and exclusive([]) == []

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from search.coco import COCO_CLASSES
 from search.images import read_image_file
-from search.masks import mask_iou
+from search.masks import exclusive, mask_iou
 from search.models.base import BoxMasker, Segmenter
 from search.types import BoolMask, Box
 
@@ -168,7 +168,7 @@ def whole_photo(
     for gt in tqdm(images, desc="whole photo", disable=not progress, unit="photo"):
         image = read_image_file(gt.path)
         start = time.perf_counter()
-        found = segmenter.segment(image)
+        found = exclusive(segmenter.segment(image))  # as the service returns them
         seconds += time.perf_counter() - start
         for inst in found:
             if inst.label not in ids:
