@@ -33,8 +33,13 @@ class ModelSettings(BaseModel):
     detector_score: float = Field(0.3, ge=0.0, le=1.0)
     detector_classes: Literal["furniture", "all"] = "furniture"
     max_instances: int = Field(20, ge=1)
+    masker: Literal["lite0-boxmask", "u2netp"] = Field(
+        "lite0-boxmask",
+        description="instance masks: the box-prompted Lite0 mask head (data/models/"
+        "box-mask-lite0.pt), or U²-Net-p saliency (mask_mode)",
+    )
     mask_mode: Literal["scene", "box"] = Field(
-        "scene", description="U²-Net-p once per photo (scene) or once per detected box (box)"
+        "scene", description="masker u2netp: once per photo (scene) or once per box (box)"
     )
     crop_margin: float = Field(0.1, ge=0.0, le=1.0)
     crop_mode: Literal["box", "mask", "soft"] = "box"

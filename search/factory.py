@@ -9,14 +9,15 @@ from sqlalchemy.orm import Session
 from search.categories import label_policy
 from search.config import Settings
 from search.live import LiveIndex
-from search.models.registry import build_embedder, build_segmenter
+from search.models.registry import build_embedder, build_masker, build_segmenter
 from search.service import SearchService
 
 
 def build_service(settings: Settings, session_factory: Callable[[], Session]) -> SearchService:
     """Load the configured models; the index loads on first use."""
     embedder = build_embedder(settings.models)
-    segmenter = build_segmenter(settings.models)
+    masker = build_masker(settings.models)  # one model for the segmenter and drawn regions
+    segmenter = build_segmenter(settings.models, masker=masker)
     live = LiveIndex(settings.index.dir, embedder=embedder.name, dim=embedder.dim)
     return SearchService(
         segmenter=segmenter,
@@ -25,4 +26,5 @@ def build_service(settings: Settings, session_factory: Callable[[], Session]) ->
         session_factory=session_factory,
         settings=settings.models,
         category_policy=label_policy() if settings.models.category_aware else None,
+        masker=masker,
     )

@@ -18,7 +18,7 @@ from search.filters import ProductFilter, fetch_schedule
 from search.index import FaissIndex
 from search.live import LiveIndex, LoadedIndex
 from search.masks import exclusive
-from search.models.base import Embedder, Segmenter
+from search.models.base import BoxMasker, Embedder, Segmenter
 from search.timing import Timer
 from search.types import (
     Box,
@@ -97,6 +97,7 @@ class SearchService:
         session_factory: Callable[[], Session],
         settings: ModelSettings,
         category_policy: CategoryPolicy | None = None,
+        masker: BoxMasker | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.embedder = embedder
@@ -104,6 +105,7 @@ class SearchService:
         self.session_factory = session_factory
         self.settings = settings
         self.category_policy = category_policy
+        self.masker = masker  # masks a drawn region's object; None: the region is its mask
 
     def search(self, image: Image.Image, options: SearchOptions | None = None) -> SearchResult:
         """Segment `image` (or take `options.region`), embed each instance, rank products."""
@@ -126,8 +128,17 @@ class SearchService:
         """The region as one instance, else the segmenter's instances (with exclusive masks,
         `search.masks.exclusive`), else the whole photo."""
         if region is not None:
-            return [region_instance(image, region)]
+            return [self._region(image, region)]
         return exclusive(self.segmenter.segment(image)) or [whole_image_instance(image)]
+
+    def _region(self, image: Image.Image, region: Box) -> Instance:
+        """A drawn region as one instance: its box, and the mask of the object inside it
+        (the region itself where the masker finds nothing)."""
+        instance = region_instance(image, region)
+        if self.masker is None:
+            return instance
+        (mask,) = self.masker.masks(image, [instance.box])
+        return replace(instance, mask=mask) if mask.any() else instance
 
     def filter_for(self, instance: Instance, base: ProductFilter) -> ProductFilter:
         """`base` combined with the category policy's choice for this instance."""

@@ -491,3 +491,34 @@ def test_calibrate_by_hand() -> None:
     )
     assert [h.similarity for h in scored] == [0.9, 0.8, 0.8]
     assert calibrate([], 0.1) == []
+
+
+class DiscMasker:
+    """A box masker that finds a disc in every box, or nothing in boxes wider than 100 px."""
+
+    name = "disc"
+
+    def masks(self, image: Image.Image, boxes: Sequence[Box]) -> list[np.ndarray]:
+        out = []
+        for box in boxes:
+            mask = np.zeros((image.height, image.width), dtype=bool)
+            if box.width <= 100:
+                yy, xx = np.mgrid[: image.height, : image.width]
+                cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= (min(box.width, box.height) / 2) ** 2
+            out.append(mask)
+        return out
+
+
+def test_a_drawn_region_returns_the_object_inside_it(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    service = _service(tmp_path / "index", session_factory, masker=DiscMasker())
+    region = Box(120.0, 0.0, 200.0, 80.0)
+    (group,) = service.search(_photo(), SearchOptions(k=3, region=region)).groups
+    assert group.instance.box == region and group.instance.label == REGION_LABEL
+    disc = DiscMasker().masks(_photo(), [region])[0]
+    assert (group.instance.mask == disc).all() and disc.sum() < 80 * 80
+    wide = Box(0.0, 0.0, 150.0, 80.0)  # the masker finds nothing: the region is the mask
+    (group,) = service.search(_photo(), SearchOptions(k=3, region=wide)).groups
+    assert group.instance.mask.sum() == 150 * 80

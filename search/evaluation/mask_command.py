@@ -38,15 +38,20 @@ class MaskEvalRun:
 
 
 def baseline_maskers(settings: Settings) -> dict[str, BoxMasker]:
-    """The box itself, and today's lite masks: U²-Net-p saliency of the whole photo, cut at
-    the box."""
+    """The box itself, the U²-Net-p saliency of the whole photo cut at the box (the lite
+    segmenter's masks before the mask head), and the configured box-prompted masker."""
+    from search.models.registry import build_masker
     from search.models.u2net import U2NetMasker
 
     saliency = U2NetMasker(threads=settings.models.threads)
-    return {
+    maskers: dict[str, BoxMasker] = {
         "box": BoxAsMask(),
         "u2netp-scene": CutFromScene("u2netp-scene", saliency.probability),
     }
+    configured = build_masker(settings.models)
+    if configured is not None:
+        maskers[configured.name] = configured
+    return maskers
 
 
 def mask_eval_command(

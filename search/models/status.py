@@ -38,7 +38,7 @@ class ModelStatus:
     are present (or none are needed). `detail` says why not, or what to do.
     """
 
-    role: str  # detector | masker | segmenter | embedder
+    role: str  # detector | masker | box masker | segmenter | embedder
     name: str
     path: str | None
     sha256: str | None
@@ -187,6 +187,20 @@ def _detectron2_row(
             "segmenter", name, None, None, True, "model-zoo weights: checked by a fetch"
         )
     return _status("segmenter", name, local, build if check_load else None)
+
+
+def boxmask_status(settings: ModelSettings, check_load: bool) -> list[ModelStatus]:
+    """The box-prompted mask head's weights (data/models/box-mask-lite0.pt), when configured."""
+    if settings.masker != "lite0-boxmask":
+        return []
+    from search.models.boxmask import WEIGHTS_FILE, LiteBoxMasker
+
+    path = settings.models_dir / WEIGHTS_FILE
+
+    def build() -> object:
+        return LiteBoxMasker(path, threads=settings.threads)
+
+    return [_status("box masker", "lite0-boxmask", path, build if check_load else None)]
 
 
 # ----------------------------------------------------------------------------- embedder

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 from search.evaluation.masks import (
     BoxAsMask,
@@ -20,63 +19,12 @@ from search.evaluation.masks import (
     whole_photo,
 )
 from search.types import BoolMask, Box, Instance
-
-W, H = 120, 80
-
-
-def _disc(cx: int, cy: int, r: int) -> BoolMask:
-    yy, xx = np.mgrid[:H, :W]
-    return np.asarray((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r)
-
-
-def _rect(x0: int, y0: int, x1: int, y1: int) -> BoolMask:
-    mask = np.zeros((H, W), dtype=bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
-
-
-# image 1: a chair (a disc) and a person (a rectangle); image 2: a couch (a disc)
-TRUTH = {
-    1: [("chair", _disc(30, 40, 20)), ("person", _rect(70, 10, 110, 70))],
-    2: [("couch", _disc(60, 40, 30))],
-}
-CATEGORIES = {"person": 1, "chair": 62, "couch": 63}
-
-
-def _bbox(mask: BoolMask) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    return [
-        float(xs.min()),
-        float(ys.min()),
-        float(xs.max() + 1 - xs.min()),
-        float(ys.max() + 1 - ys.min()),
-    ]
+from tests.tiny_coco import TRUTH, _bbox, _disc, write_annotations
 
 
 @pytest.fixture
 def annotations(tmp_path: Path) -> Path:
-    (tmp_path / "images").mkdir()
-    images, anns = [], []
-    for image_id, instances in TRUTH.items():
-        Image.new("RGB", (W, H), (200, 200, 200)).save(tmp_path / "images" / f"{image_id}.png")
-        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": W, "height": H})
-        for name, mask in instances:
-            rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": CATEGORIES[name],
-                    "segmentation": {"size": [H, W], "counts": rle["counts"].decode()},
-                    "area": float(mask.sum()),
-                    "bbox": _bbox(mask),
-                    "iscrowd": 0,
-                }
-            )
-    cats = [{"id": i, "name": n, "supercategory": "x"} for n, i in CATEGORIES.items()]
-    path = tmp_path / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return path
+    return write_annotations(tmp_path)
 
 
 class Oracle:
@@ -173,7 +121,8 @@ def test_the_command_writes_every_report(
     )
     report = json.loads((out / "masks.json").read_text())
     assert report["meta"]["prompted_instances"] == 3
-    assert set(report["box_prompted"]) == {"box", "u2netp-scene"}
+    assert set(report["box_prompted"]) == {"box", "u2netp-scene", "lite0-boxmask"}
+    assert report["whole_photo"] is not None
     assert report["whole_photo"]["box_ap"] >= 0.0
     assert (out / "masks.md").read_text().startswith("# Instance masks")
     assert (out / "mask_iou.png").stat().st_size > 1000

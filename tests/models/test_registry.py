@@ -140,3 +140,19 @@ def test_default_identity_names_the_pretrained_ensemble() -> None:
     identity = embedder_identity(ModelSettings())
     assert identity.name == "efficientnet-lite0-gem+efficientnet-lite2-gem"
     assert identity.dim == 2560
+
+
+def test_the_lite_segmenter_masks_every_box_with_the_configured_masker() -> None:
+    from search.models.boxmask import LiteBoxMasker
+    from search.models.lite import LiteSegmenter
+    from search.models.registry import build_masker
+
+    settings = ModelSettings(threads=1, lamp_proposals=False)
+    masker = build_masker(settings, pretrained=False)
+    assert isinstance(masker, LiteBoxMasker) and masker.name == "lite0-boxmask-random"
+    segmenter = build_segmenter(settings, pretrained=False, masker=masker)
+    assert isinstance(segmenter, LiteSegmenter) and segmenter.box_masker is masker
+    assert "lite0-boxmask-random" in segmenter.name
+    assert build_masker(ModelSettings(masker="u2netp")) is None
+    old = build_segmenter(ModelSettings(masker="u2netp", threads=1, lamp_proposals=False))
+    assert isinstance(old, LiteSegmenter) and old.box_masker is None

@@ -61,8 +61,11 @@ def _by_role(rows: list[ModelStatus]) -> dict[str, ModelStatus]:
 def test_offline_profile_reports_real_files_that_load() -> None:
     listed = list_models(ModelSettings(threads=1))
     rows = _by_role(listed)
-    assert set(rows) == {"detector", "masker", "embedder"}
+    assert set(rows) == {"detector", "masker", "box masker", "embedder"}
     detector, masker = rows["detector"], rows["masker"]
+    head = rows["box masker"]
+    assert head.name == "lite0-boxmask" and head.loads, head.detail
+    assert head.path == str(REPO_ROOT / "data" / "models" / "box-mask-lite0.pt")
     lite0, lite2 = [row for row in listed if row.role == "embedder"]
     assert detector.name == "nanodet-m-416"
     assert detector.path == str(REPO_ROOT / "data" / "models" / "nanodet-m-416.onnx")

@@ -1,0 +1,44 @@
+"""`roomlens train masks`: train the box-prompted mask head on COCO-format instance masks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from search.config import Settings
+from search.exit_codes import ExitCode
+
+
+def cmd_train_masks(args: argparse.Namespace, settings: Settings) -> int:
+    from search.models.boxmask import WEIGHTS_FILE
+    from search.models.boxmask_train import TrainOptions, train_masks
+    from search.models.device import set_torch_threads
+    from search.models.weights import file_sha256
+
+    set_torch_threads(settings.models.threads)
+    out = args.out or settings.models.models_dir / WEIGHTS_FILE
+    options = TrainOptions(
+        epochs=args.epochs, aug=args.aug, seed=args.seed, progress=not args.no_progress
+    )
+    report = train_masks(args.annotations, out, folds=args.folds, options=options)
+    report["weights"] = str(out)
+    report["sha256"] = file_sha256(out)
+    print(json.dumps(report, indent=2))
+    return ExitCode.OK
+
+
+def register(sub: Any) -> None:
+    """Add `train masks` to the `roomlens` parser."""
+    train = sub.add_parser("train", help="train roomlens' small models on your own data")
+    tsub = train.add_subparsers(dest="train_command", required=True)
+    p = tsub.add_parser("masks", help="the box-prompted mask head, on COCO instance masks")
+    p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
+    p.add_argument("--out", type=Path, default=None, help="default: data/models/box-mask-lite0.pt")
+    p.add_argument("--folds", type=int, default=1, help="k > 1: k-fold figures first")
+    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--aug", type=int, default=12, help="augmented crops per instance")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train_masks)

@@ -1,0 +1,96 @@
+"""The box-prompted mask model: random-weight builds (shapes, dtypes, determinism, masks only
+inside the crop), the crop geometry, and a few training steps on tiny data."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from search.evaluation.masks import load_ground_truth
+from search.models.base import BoxMasker
+from search.models.boxmask import SIZE, LiteBoxMasker, crop_rect, paste, prepare
+from search.models.boxmask_train import (
+    TrainOptions,
+    build_features,
+    save_head,
+    train_head,
+)
+from search.types import Box
+from tests.tiny_coco import write_annotations
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def random_masker() -> LiteBoxMasker:
+    return LiteBoxMasker(None, threads=1)
+
+
+def _photo(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (90, 140, 3), dtype=np.uint8))
+
+
+def test_random_masker_shapes_dtypes_and_determinism(random_masker: LiteBoxMasker) -> None:
+    assert isinstance(random_masker, BoxMasker)
+    assert random_masker.name == "lite0-boxmask-random"
+    photo = _photo()
+    boxes = [Box(10, 5, 60, 70), Box(80, 20, 139, 89), Box(0, 0, 1, 1)]
+    probabilities = random_masker.probabilities(photo, boxes)
+    masks = random_masker.masks(photo, boxes)
+    assert len(masks) == 3 and random_masker.masks(photo, []) == []
+    for box, prob, mask in zip(boxes, probabilities, masks, strict=True):
+        assert prob.shape == mask.shape == (90, 140)
+        assert prob.dtype == np.float32 and mask.dtype == np.bool_
+        assert prob.min() >= 0.0 and prob.max() <= 1.0
+        x0, y0, x1, y1 = crop_rect(box, 140, 90)
+        outside = np.ones_like(mask)
+        outside[y0:y1, x0:x1] = False
+        assert not prob[outside].any(), "the head sees only the crop"
+        x0, y0, x1, y1 = box.pixels(140, 90)
+        outside[:] = True
+        outside[y0:y1, x0:x1] = False
+        assert not mask[outside].any(), "a mask never leaves its box"
+    again = LiteBoxMasker(None, threads=1).probabilities(photo, boxes)
+    assert all(np.array_equal(a, b) for a, b in zip(probabilities, again, strict=True))
+
+
+def test_crop_geometry_round_trips() -> None:
+    rgb = np.zeros((90, 140, 3), dtype=np.uint8)
+    box = Box(20, 10, 100, 50)
+    pixels, prompt, crop = prepare(rgb, box)
+    assert pixels.shape == (3, SIZE, SIZE) and prompt.shape == (SIZE // 4, SIZE // 4)
+    assert crop.rect == (12, 6, 108, 54)  # the box grown by 10% of its size per side
+    square = np.zeros((SIZE // 4, SIZE // 4), dtype=np.float32)
+    square[:] = 1.0
+    full = paste(square, crop, (90, 140))
+    ys, xs = np.nonzero(full > 0.5)
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == crop.rect[0::2] + crop.rect[
+        1::2
+    ] or ((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == crop.rect)
+
+
+def test_a_few_training_steps_lower_the_loss_and_the_weights_load(
+    tmp_path: Path, random_masker: LiteBoxMasker
+) -> None:
+    _, images = load_ground_truth(write_annotations(tmp_path))
+    options = TrainOptions(aug=4, batch=4, seed=1, progress=False)
+    features = build_features(random_masker.frozen, images, options)
+    assert len(features.owner) == 3 * 4 and features.s4.dtype == torch.float16
+    result = train_head(features, replace(options, lr_decoder=5e-3), steps=30)
+    assert len(result.losses) == 30
+    assert np.mean(result.losses[-5:]) < 0.8 * np.mean(result.losses[:5])
+    path = tmp_path / "head.pt"
+    save_head(result.head, path)
+    trained = LiteBoxMasker(path, threads=1, expected_sha256=None)
+    assert trained.name == "lite0-boxmask"
+    photo = Image.open(images[0].path)
+    masks = trained.masks(photo, [inst.box for inst in images[0].instances])
+    assert [m.shape for m in masks] == [(80, 120), (80, 120)]
+    with pytest.raises(Exception, match="sha256"):
+        LiteBoxMasker(path, threads=1, expected_sha256="0" * 64)
