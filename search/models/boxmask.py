@@ -13,8 +13,10 @@ the sha256 on their card (data/models/README.md).
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,8 @@ from torch import nn
 
 from search.errors import ModelUnavailable
 from search.models.device import set_torch_threads
-from search.models.efficientnet import LITE_SPECS, weights_file
+from search.models.efficientnet import LITE_SPECS, ONNX_OPSET, weights_file
+from search.models.ort import cpu_session
 from search.models.weights import file_sha256
 from search.types import BoolMask, Box
 
@@ -197,8 +200,10 @@ class MaskHead(nn.Module):
     def forward(
         self, s4: torch.Tensor, s8: torch.Tensor, s16: torch.Tensor, box4: torch.Tensor
     ) -> torch.Tensor:
-        box16 = F.adaptive_avg_pool2d(box4, (s16.shape[-2], s16.shape[-1]))
-        box8 = F.adaptive_avg_pool2d(box4, (s8.shape[-2], s8.shape[-1]))
+        # plain average pools (the maps divide exactly): the same values as an adaptive pool,
+        # and they export to ONNX
+        box16 = F.avg_pool2d(box4, box4.shape[-1] // s16.shape[-1])
+        box8 = F.avg_pool2d(box4, box4.shape[-1] // s8.shape[-1])
         x = s16 + self.box_in(box16)
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -225,6 +230,37 @@ def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # --- the masker -----------------------------------------------------------------------------
 
 
+class _Network(nn.Module):
+    """The frozen blocks and the head as one module: pixels and prompt in, logits out."""
+
+    def __init__(self, frozen: Frozen, head: MaskHead) -> None:
+        super().__init__()
+        self.frozen, self.head = frozen, head
+
+    def forward(self, pixels: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(*self.frozen(pixels), prompt)
+        return out
+
+
+def _export(network: _Network) -> bytes:
+    """The network as an ONNX model (bytes) with a dynamic batch."""
+    buffer = io.BytesIO()
+    example = (torch.zeros(1, 3, SIZE, SIZE), torch.zeros(1, 1, SIZE // 4, SIZE // 4))
+    with warnings.catch_warnings(), torch.inference_mode(False):
+        warnings.simplefilter("ignore")  # the exporter's notes on tracing
+        torch.onnx.export(
+            network.eval(),
+            example,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to files too
+            input_names=["pixels", "prompt"],
+            output_names=["logits"],
+            dynamic_axes={"pixels": {0: "n"}, "prompt": {0: "n"}, "logits": {0: "n"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
 class LiteBoxMasker:
     """`BoxMasker`: the pixels of the object in each box, from the Lite0 mask head."""
 
@@ -235,7 +271,10 @@ class LiteBoxMasker:
         threads: int = 0,
         threshold: float = THRESHOLD,
         expected_sha256: str | None = WEIGHTS_SHA256,
+        runtime: str = "onnx",
     ) -> None:
+        """`runtime` "onnx" runs the network in onnxruntime (exported at load, ~1 s; 2-3x
+        faster than torch eager on the CPU), "torch" in torch eager."""
         set_torch_threads(threads)
         net = lite0(pretrained=True)
         self.frozen = Frozen(net).to(memory_format=CL).eval()
@@ -244,6 +283,9 @@ class LiteBoxMasker:
         self.name = "lite0-boxmask" if weights is not None else "lite0-boxmask-random"
         if weights is not None:
             self._load(weights, expected_sha256)
+        self._session = None
+        if runtime == "onnx":
+            self._session = cpu_session(_export(_Network(self.frozen, self.head)), threads)
 
     def _load(self, path: Path, expected: str | None) -> None:
         if not path.is_file():
@@ -260,13 +302,21 @@ class LiteBoxMasker:
             return []
         rgb = np.asarray(image.convert("RGB"))
         prepared = [prepare(rgb, box) for box in boxes]
-        pixels = torch.from_numpy(np.stack([p[0] for p in prepared])).contiguous(memory_format=CL)
-        prompts = torch.from_numpy(np.stack([p[1] for p in prepared]))[:, None]
-        with torch.inference_mode():
-            logits = self.head(*self.frozen(pixels), prompts.contiguous(memory_format=CL))
-            squares = torch.sigmoid(logits).numpy()
+        squares = self._squares(
+            np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])[:, None]
+        )
         shape = (image.height, image.width)
         return [paste(sq, crop, shape) for sq, (_, _, crop) in zip(squares, prepared, strict=True)]
+
+    def _squares(self, pixels: Array, prompts: Array) -> Array:
+        """Probabilities over the square of each crop, (n, S/4, S/4)."""
+        if self._session is not None:
+            (logits,) = self._session.run(None, {"pixels": pixels, "prompt": prompts})
+            return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels).contiguous(memory_format=CL)
+            p = torch.from_numpy(prompts).contiguous(memory_format=CL)
+            return torch.sigmoid(self.head(*self.frozen(x), p)).numpy()
 
     def masks(self, image: Image.Image, boxes: Sequence[Box]) -> list[BoolMask]:
         """Per box, the object's mask over the whole photo, inside the box (as Mask R-CNN's

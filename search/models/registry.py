@@ -253,7 +253,8 @@ def build_masker(settings: ModelSettings, *, pretrained: bool = True) -> BoxMask
     from search.models.boxmask import WEIGHTS_FILE, LiteBoxMasker
 
     weights = settings.models_dir / WEIGHTS_FILE if pretrained else None
-    return LiteBoxMasker(weights, threads=settings.threads)
+    runtime = "torch" if settings.runtime == "torch" else "onnx"  # the masker runs on the CPU
+    return LiteBoxMasker(weights, threads=settings.threads, runtime=runtime)
 
 
 def _status_rows(

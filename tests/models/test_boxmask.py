@@ -94,3 +94,13 @@ def test_a_few_training_steps_lower_the_loss_and_the_weights_load(
     assert [m.shape for m in masks] == [(80, 120), (80, 120)]
     with pytest.raises(Exception, match="sha256"):
         LiteBoxMasker(path, threads=1, expected_sha256="0" * 64)
+
+
+def test_onnxruntime_and_torch_give_the_same_probabilities(random_masker: LiteBoxMasker) -> None:
+    eager = LiteBoxMasker(None, threads=1, runtime="torch")
+    assert random_masker._session is not None and eager._session is None
+    photo, boxes = _photo(3), [Box(5, 5, 70, 80), Box(60, 10, 130, 60)]
+    for a, b in zip(
+        random_masker.probabilities(photo, boxes), eager.probabilities(photo, boxes), strict=True
+    ):
+        assert np.abs(a - b).max() < 1e-4
