@@ -23,9 +23,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from search.evaluation.masks import MIN_AREA, GtImage, GtInstance, load_ground_truth
+from search.evaluation.masks import MIN_AREA, GtImage, GtInstance, box_mask, load_ground_truth
 from search.masks import mask_iou
-from search.models.boxmask import CL, SIZE, Frozen, MaskHead, lite0, new_head, paste, prepare
+from search.models.boxmask import (
+    CL,
+    SIZE,
+    THRESHOLD,
+    Frozen,
+    MaskHead,
+    lite0,
+    new_head,
+    paste,
+    prepare,
+)
 from search.types import Box
 
 logger = logging.getLogger(__name__)
@@ -223,10 +233,8 @@ def evaluate_head(
                 x = torch.from_numpy(pixels[None]).contiguous(memory_format=CL)
                 p = torch.from_numpy(prompt[None, None]).contiguous(memory_format=CL)
                 square = torch.sigmoid(head(*frozen(x), p))[0].numpy()
-            mask = paste(square, crop, inst.mask.shape) >= 0.5
-            x0, y0, x1, y1 = inst.box.pixels(rgb.shape[1], rgb.shape[0])
-            boxed = np.zeros_like(inst.mask)
-            boxed[y0:y1, x0:x1] = True
+            boxed = box_mask(inst.box, (rgb.shape[1], rgb.shape[0]))
+            mask = (paste(square, crop, inst.mask.shape) >= THRESHOLD) & boxed  # as the masker
             rows.append((mask_iou(mask, inst.mask), mask_iou(boxed, inst.mask), inst.category))
     return rows
 

@@ -104,3 +104,16 @@ def test_onnxruntime_and_torch_give_the_same_probabilities(random_masker: LiteBo
         random_masker.probabilities(photo, boxes), eager.probabilities(photo, boxes), strict=True
     ):
         assert np.abs(a - b).max() < 1e-4
+
+
+def test_train_masks_reports_k_fold_figures_and_writes_the_head(tmp_path: Path) -> None:
+    from search.models.boxmask_train import train_masks
+
+    out = tmp_path / "models" / "head.pt"
+    options = TrainOptions(epochs=1, aug=2, batch=2, progress=False)
+    report = train_masks(write_annotations(tmp_path), out, folds=2, options=options)
+    kfold = report["kfold"]
+    assert isinstance(kfold, dict) and kfold["instances"] == 3
+    assert kfold["furniture_instances"] == 2  # the chair and the couch; the person is not
+    assert 0.0 <= kfold["all_miou"] <= 1.0 and 0.7 < kfold["box_all_miou"] <= 1.0
+    assert out.is_file() and LiteBoxMasker(out, threads=1, expected_sha256=None).name
