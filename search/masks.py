@@ -272,3 +272,11 @@ def exclusive(instances: Sequence[Instance]) -> list[Instance]:
         taken |= mask
         masks[i] = mask
     return [replace(inst, mask=masks[i]) for i, inst in enumerate(instances)]
+
+
+def box_mask(box: Box, width: int, height: int) -> BoolMask:
+    """The pixels of `box` (`Box.pixels`) as a (height, width) mask."""
+    x0, y0, x1, y1 = box.pixels(width, height)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask

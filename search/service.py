@@ -17,7 +17,7 @@ from search.errors import InvalidInput
 from search.filters import ProductFilter, fetch_schedule
 from search.index import FaissIndex
 from search.live import LiveIndex, LoadedIndex
-from search.masks import exclusive
+from search.masks import box_mask, exclusive
 from search.models.base import BoxMasker, Embedder, Segmenter
 from search.timing import Timer
 from search.types import (
@@ -377,14 +377,10 @@ def region_instance(image: Image.Image, region: Box) -> Instance:
     """
     width, height = image.size
     box = region.clip(width, height)
-    x0, y0 = int(np.floor(box.x0)), int(np.floor(box.y0))
-    x1, y1 = int(np.ceil(box.x1)), int(np.ceil(box.y1))
     if not croppable(region, width, height):
         side = f"{MIN_BOX_SIDE:g}"
         raise InvalidInput(
             f"region {region.as_list()} covers less than {side}x{side} pixels "
             f"of the {width}x{height} photo"
         )
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y0:y1, x0:x1] = True
-    return Instance(box, REGION_LABEL, 1.0, mask)
+    return Instance(box, REGION_LABEL, 1.0, box_mask(box, width, height))

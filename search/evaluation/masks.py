@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from search.coco import COCO_CLASSES
 from search.images import read_image_file
-from search.masks import exclusive, mask_iou
+from search.masks import box_mask, exclusive, mask_iou
 from search.models.base import BoxMasker, Segmenter
 from search.types import BoolMask, Box
 
@@ -225,15 +225,7 @@ class BoxAsMask:
     name = "box"
 
     def masks(self, image: Image.Image, boxes: Sequence[Box]) -> list[BoolMask]:
-        return [box_mask(box, image.size) for box in boxes]
-
-
-def box_mask(box: Box, size: tuple[int, int]) -> BoolMask:
-    """The pixels of `box` in an image of `size` (width, height)."""
-    x0, y0, x1, y1 = box.pixels(*size)
-    mask = np.zeros((size[1], size[0]), dtype=bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
+        return [box_mask(box, *image.size) for box in boxes]
 
 
 class CutFromScene:
@@ -256,7 +248,7 @@ class CutFromScene:
         scene = self.probability(image) >= self.threshold
         out = []
         for box in boxes:
-            mask = box_mask(box, image.size)
+            mask = box_mask(box, *image.size)
             cut = mask & scene
             out.append(cut if cut.sum() >= self.min_fraction * mask.sum() else mask)
         return out

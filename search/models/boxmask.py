@@ -31,8 +31,15 @@ from PIL import Image
 from torch import nn
 
 from search.errors import ModelUnavailable
+from search.masks import box_mask
 from search.models.device import set_torch_threads
-from search.models.efficientnet import LITE_SPECS, ONNX_OPSET, weights_file
+from search.models.efficientnet import (
+    LITE_SPECS,
+    ONNX_OPSET,
+    build_model,
+    square_geometry,
+    weights_file,
+)
 from search.models.ort import cpu_session
 from search.models.weights import file_sha256
 from search.types import BoolMask, Box
@@ -68,14 +75,6 @@ def crop_rect(
 ) -> tuple[int, int, int, int]:
     """The pixel rectangle of the crop: the box clipped, grown by `margin`, clipped again."""
     return box.clip(width, height).expand(margin, width, height).pixels(width, height)
-
-
-def square_geometry(width: int, height: int, size: int = SIZE) -> tuple[int, int, int, int]:
-    """(new_w, new_h, left, top) of a width×height crop resized into a size×size square."""
-    scale = size / max(width, height)
-    new_w = max(1, min(size, round(width * scale)))
-    new_h = max(1, min(size, round(height * scale)))
-    return new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
 
 
 def _resize(values: Array, width: int, height: int) -> Array:
@@ -114,7 +113,7 @@ def prepare(
     height, width = rgb.shape[:2]
     rect = crop_rect(box, width, height, margin)
     left, top, right, bottom = rect
-    geometry = square_geometry(right - left, bottom - top)
+    geometry = square_geometry(right - left, bottom - top, SIZE)
     pixels = to_square(rgb[top:bottom, left:right].astype(np.float32), geometry, 255.0)
     prompt = to_square(prompt_map(box, rect), geometry, 0.0)
     quarter = _resize(prompt, SIZE // 4, SIZE // 4)
@@ -137,13 +136,7 @@ def paste(probability: Array, crop: Crop, shape: tuple[int, int]) -> Array:
 
 def lite0(pretrained: bool = True) -> EfficientNet:
     """EfficientNet-Lite0 with its ImageNet weights (the embedder's), or seeded random ones."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = EfficientNet.from_name("efficientnet-lite0")
-    if pretrained:
-        state = torch.load(weights_file(0, LITE_SPECS[0]), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    return net.eval()
+    return build_model(0, weights_file(0, LITE_SPECS[0]) if pretrained else None)
 
 
 class Frozen(nn.Module):
@@ -322,13 +315,10 @@ class LiteBoxMasker:
         """Per box, the object's mask over the whole photo, inside the box (as Mask R-CNN's
         are: the head sees a margin around the box for context, and an instance's mask never
         leaves its box)."""
-        out = []
-        for box, probability in zip(boxes, self.probabilities(image, boxes), strict=True):
-            x0, y0, x1, y1 = box.pixels(image.width, image.height)
-            mask = np.zeros(probability.shape, dtype=bool)
-            mask[y0:y1, x0:x1] = probability[y0:y1, x0:x1] >= self.threshold
-            out.append(mask)
-        return out
+        return [
+            (probability >= self.threshold) & box_mask(box, image.width, image.height)
+            for box, probability in zip(boxes, self.probabilities(image, boxes), strict=True)
+        ]
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from search.evaluation.masks import MIN_AREA, GtImage, GtInstance, box_mask, load_ground_truth
-from search.masks import mask_iou
+from search.evaluation.masks import MIN_AREA, GtImage, GtInstance, load_ground_truth
+from search.masks import box_mask, mask_iou
 from search.models.boxmask import (
     CL,
     SIZE,
@@ -233,7 +233,7 @@ def evaluate_head(
                 x = torch.from_numpy(pixels[None]).contiguous(memory_format=CL)
                 p = torch.from_numpy(prompt[None, None]).contiguous(memory_format=CL)
                 square = torch.sigmoid(head(*frozen(x), p))[0].numpy()
-            boxed = box_mask(inst.box, (rgb.shape[1], rgb.shape[0]))
+            boxed = box_mask(inst.box, rgb.shape[1], rgb.shape[0])
             mask = (paste(square, crop, inst.mask.shape) >= THRESHOLD) & boxed  # as the masker
             rows.append((mask_iou(mask, inst.mask), mask_iou(boxed, inst.mask), inst.category))
     return rows

@@ -93,7 +93,7 @@ def parse_lite_name(name: str) -> tuple[int, str] | None:
     return None if match is None else (int(match.group(1)), match.group(2) or "avg")
 
 
-def _square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+def square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     """(new_width, new_height, left, top) to fit width×height inside size×size, centred."""
     scale = size / max(width, height)
     new_w = max(1, min(size, round(width * scale)))
@@ -106,7 +106,7 @@ def to_square(
 ) -> Image.Image:
     """An RGB size×size image: `image` resized keeping its aspect, centred, padded with fill."""
     rgb = image.convert("RGB")
-    new_w, new_h, left, top = _square_geometry(rgb.width, rgb.height, size)
+    new_w, new_h, left, top = square_geometry(rgb.width, rgb.height, size)
     canvas = Image.new("RGB", (size, size), fill)
     canvas.paste(rgb.resize((new_w, new_h), Image.Resampling.BICUBIC), (left, top))
     return canvas
@@ -116,7 +116,7 @@ def _mask_to_square(mask: Mask, size: int) -> npt.NDArray[np.float32]:
     """A soft mask mapped exactly like `to_square` maps its image; the padding gets weight 0."""
     values = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
     height, width = values.shape
-    new_w, new_h, left, top = _square_geometry(width, height, size)
+    new_w, new_h, left, top = square_geometry(width, height, size)
     resized = Image.fromarray(values).resize((new_w, new_h), Image.Resampling.BILINEAR)
     canvas = np.zeros((size, size), dtype=np.float32)
     canvas[top : top + new_h, left : left + new_w] = np.asarray(resized, dtype=np.float32)
@@ -146,7 +146,7 @@ def weights_file(variant: int, spec: LiteSpec) -> Path:
     return path
 
 
-def _build_model(variant: int, weights: Path | None) -> EfficientNet:
+def build_model(variant: int, weights: Path | None) -> EfficientNet:
     """The network in eval mode: loaded from `weights`, or seeded random weights when None."""
     model_name = f"efficientnet-lite{variant}"
     with torch.random.fork_rng(devices=[]):
@@ -178,7 +178,7 @@ def _network(
     proposer's Lite0 and the embedder's are one network (one export, ~0.3 s; one copy in
     memory). Both are only read after this, from any thread."""
     # channels_last: ~20% faster depthwise convs on CPU, identical outputs
-    model = _build_model(variant, weights).to(
+    model = build_model(variant, weights).to(
         torch.device(device), memory_format=torch.channels_last
     )
     session = None
