@@ -16,7 +16,13 @@ from search.exit_codes import ExitCode
 log = logging.getLogger("roomlens")
 
 # Subcommand groups that live in their own modules, each with `register(subparsers)`.
-PLUGINS = ("roomlens.cli_index", "roomlens.cli_models", "roomlens.cli_admin", "roomlens.cli_train")
+PLUGINS = (
+    "roomlens.cli_index",
+    "roomlens.cli_models",
+    "roomlens.cli_admin",
+    "roomlens.cli_train",
+    "roomlens.cli_colors",
+)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
