@@ -22,6 +22,7 @@ PLUGINS = (
     "roomlens.cli_admin",
     "roomlens.cli_train",
     "roomlens.cli_colors",
+    "roomlens.cli_label",
 )
 
 

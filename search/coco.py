@@ -93,6 +93,34 @@ COCO_CLASSES: tuple[str, ...] = (
     "toothbrush",
 )
 
+# The official COCO category id of each class above (1..90 with gaps: the 2014 paper's 91
+# "things" less the 11 never annotated), and its COCO supercategory.
+COCO_CATEGORY_IDS: dict[str, int] = dict(
+    zip(
+        COCO_CLASSES,
+        (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70)
+        + (*range(72, 83), *range(84, 91)),
+        strict=True,
+    )
+)
+_SUPERCATEGORY_RUNS = (  # (supercategory, how many consecutive classes above it covers)
+    ("person", 1),
+    ("vehicle", 8),
+    ("outdoor", 5),
+    ("animal", 10),
+    ("accessory", 5),
+    ("sports", 10),
+    ("kitchen", 7),
+    ("food", 10),
+    ("furniture", 6),
+    ("electronic", 6),
+    ("appliance", 5),
+    ("indoor", 7),
+)
+COCO_SUPERCATEGORIES: dict[str, str] = dict(
+    zip(COCO_CLASSES, (s for s, n in _SUPERCATEGORY_RUNS for _ in range(n)), strict=True)
+)
+
 FURNITURE_CLASSES: frozenset[str] = frozenset(
     {
         "chair",

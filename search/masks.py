@@ -1,10 +1,8 @@
 """Boolean mask encodings and helpers: COCO RLE, COCO polygons, boxes, IoU, resize and paste.
 
-COCO RLE is implemented in numpy (no pycocotools at run time) and matches
-`pycocotools.mask.encode` exactly: runs are counted in column-major (Fortran) order starting
-with a run of zeros, and the compressed `counts` string is the LEB128-like encoding of
-pycocotools' `rleToString` (5 bits per char, offset 48, runs after the second stored as the
-difference to the run two places back).
+COCO RLE is `pycocotools.mask`'s: runs counted in column-major (Fortran) order starting with
+a run of zeros, `counts` compressed to pycocotools' string form (kept as `str` here, so that
+it goes into JSON as it is).
 
 Polygon coordinates follow the COCO / Detectron2 convention of continuous pixel coordinates:
 pixel (x, y) covers [x, x+1) x [y, y+1), so a polygon through the pixel centres of a contour
@@ -21,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pycocotools import mask as mask_util
 
 from search.types import BoolMask, Box, Instance
 
@@ -45,39 +44,14 @@ def _as_mask(mask: npt.ArrayLike, *, name: str = "mask") -> BoolMask:
 
 def rle_counts(mask: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """Uncompressed COCO RLE counts: alternating run lengths, zeros first, column-major."""
-    flat = _as_mask(mask).ravel(order="F")
-    if flat.size == 0:
-        return np.zeros(1, dtype=np.int64)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    runs = np.diff(bounds).astype(np.int64)
-    if flat[0]:
-        runs = np.concatenate(([0], runs))
-    return runs
-
-
-def _counts_to_string(counts: npt.NDArray[np.int64]) -> str:
-    """pycocotools' `rleToString`, vectorised over all runs."""
-    x = counts.astype(np.int64)
-    if x.size > 3:
-        x[3:] = counts[3:] - counts[1:-2]
-    chars = np.zeros((x.size, _MAX_CHARS), dtype=np.uint8)
-    emit = np.zeros((x.size, _MAX_CHARS), dtype=bool)
-    active = np.ones(x.size, dtype=bool)
-    for j in range(_MAX_CHARS):
-        if not active.any():
-            break
-        c = x & 0x1F
-        x = x >> 5  # arithmetic shift, like the C code on `long`
-        more = np.where((c & 0x10) != 0, x != -1, x != 0)
-        chars[:, j] = (c | np.where(more, 0x20, 0)) + 48
-        emit[:, j] = active
-        active &= more
-    return chars[emit].tobytes().decode("ascii")
+    return _string_to_counts(encode_rle(mask)["counts"])
 
 
 def _string_to_counts(s: str | bytes | bytearray) -> npt.NDArray[np.int64]:
-    """pycocotools' `rleFrString`, vectorised: the run lengths of a compressed counts string."""
+    """pycocotools' `rleFrString`, vectorised: the run lengths of a compressed counts string.
+
+    pycocotools does not expose it, and its C decoder trusts the string (counts summing past
+    h*w write past its buffer), so `decode_rle` checks a string with this first."""
     raw = s.encode("ascii") if isinstance(s, str) else bytes(s)
     if not raw:
         return np.zeros(0, dtype=np.int64)
@@ -107,16 +81,18 @@ def _string_to_counts(s: str | bytes | bytearray) -> npt.NDArray[np.int64]:
 def encode_rle(mask: npt.ArrayLike) -> dict[str, Any]:
     """COCO compressed RLE `{"size": [h, w], "counts": str}` of a 2-D mask.
 
-    Identical to `pycocotools.mask.encode(np.asfortranarray(mask.astype(np.uint8)))` except
-    that `counts` is a `str` (pycocotools gives the same characters as `bytes`).
+    `pycocotools.mask.encode` of the mask as Fortran-ordered uint8, with `counts` as a `str`
+    (pycocotools gives the same characters as `bytes`, which JSON cannot hold).
     """
     m = _as_mask(mask)
-    h, w = m.shape
-    return {"size": [int(h), int(w)], "counts": _counts_to_string(rle_counts(m))}
+    rle = mask_util.encode(np.asfortranarray(m, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: dict[str, Any]) -> BoolMask:
-    """The (h, w) bool mask of a COCO RLE, compressed (str/bytes counts) or not (int list)."""
+    """The (h, w) bool mask of a COCO RLE, compressed (str/bytes counts) or not (int list).
+
+    ValueError for a malformed RLE (checked before pycocotools decodes it)."""
     try:
         h, w = (int(v) for v in rle["size"])
         raw_counts = rle["counts"]
@@ -124,7 +100,8 @@ def decode_rle(rle: dict[str, Any]) -> BoolMask:
         raise ValueError(f"not a COCO RLE dict with 'size' [h, w] and 'counts': {exc}") from exc
     if h < 0 or w < 0:
         raise ValueError(f"RLE size must be non-negative, got {[h, w]}")
-    if isinstance(raw_counts, str | bytes | bytearray):
+    compressed = isinstance(raw_counts, str | bytes | bytearray)
+    if compressed:
         counts = _string_to_counts(raw_counts)
     else:
         counts = np.asarray(raw_counts, dtype=np.int64).ravel()
@@ -132,9 +109,12 @@ def decode_rle(rle: dict[str, Any]) -> BoolMask:
         raise ValueError("RLE counts must be non-negative")
     if int(counts.sum()) != h * w:
         raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected h*w = {h * w}")
-    values = np.arange(counts.size) % 2 == 1
-    flat = np.repeat(values, counts)
-    return flat.reshape((h, w), order="F")
+    if compressed:
+        raw = raw_counts.encode("ascii") if isinstance(raw_counts, str) else bytes(raw_counts)
+        coco = {"size": [h, w], "counts": raw}
+    else:
+        coco = mask_util.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
+    return np.ascontiguousarray(mask_util.decode(coco), dtype=bool)
 
 
 # --------------------------------------------------------------------------- polygons
