@@ -20,9 +20,14 @@ def cmd_train_masks(args: argparse.Namespace, settings: Settings) -> int:
     set_torch_threads(settings.models.threads)
     out = args.out or settings.models.models_dir / WEIGHTS_FILE
     options = TrainOptions(
-        epochs=args.epochs, aug=args.aug, seed=args.seed, progress=not args.no_progress
+        epochs=args.epochs,
+        aug=args.aug,
+        paste=args.paste,
+        composites=args.composites if args.feed else 0,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
-    report = train_masks(args.annotations, out, folds=args.folds, options=options)
+    report = train_masks(args.annotations, out, folds=args.folds, options=options, feed=args.feed)
     report["weights"] = str(out)
     report["sha256"] = file_sha256(out)
     print(json.dumps(report, indent=2))
@@ -39,6 +44,13 @@ def register(sub: Any) -> None:
     p.add_argument("--folds", type=int, default=1, help="k > 1: k-fold figures first")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--aug", type=int, default=12, help="augmented crops per instance")
+    p.add_argument(
+        "--paste", type=float, default=0.0, help="share of crops with real objects pasted over"
+    )
+    p.add_argument("--feed", type=Path, default=None, help="catalog feed for composites")
+    p.add_argument(
+        "--composites", type=int, default=600, help="catalog cut-outs composited (with --feed)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_masks)

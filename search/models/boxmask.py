@@ -52,7 +52,7 @@ MEAN, STD = 127.0, 128.0  # Lite0's normalisation
 THRESHOLD = 0.3  # 4-fold: best of 0.3, 0.4, 0.5 on all four folds (docs/MASKS.md)
 WEIGHTS_FILE = "box-mask-lite0.pt"
 # sha256 of the committed weights (data/models/README.md); a file that differs is refused
-WEIGHTS_SHA256 = "3d5458981c740d0e331c3bcb38615653b392a691eab391515e70773796c72618"
+WEIGHTS_SHA256 = "8cdc8348d95bbe39480d3a47a19c6372603d691bae5031ffb9fa363f97362d37"
 FROZEN_BLOCKS = 8
 TAPS = (2, 4, 7)  # frozen blocks whose outputs feed the decoder: strides 4, 8, 16
 CL = torch.channels_last

@@ -31,11 +31,14 @@ from search.models.boxmask import (
     THRESHOLD,
     Frozen,
     MaskHead,
+    crop_rect,
     lite0,
     new_head,
     paste,
     prepare,
 )
+from search.models.boxmask_augment import Cutout, cutout, occlude
+from search.models.boxmask_composite import catalog_cutouts, composite
 from search.types import Box
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ class TrainOptions:
     batch: int = 16
     lr_blocks: float = 2e-4
     lr_decoder: float = 2e-3
+    paste: float = 0.0  # share of crops with real objects pasted over them as occluders
+    composites: int = 0  # catalog cut-outs composited into the training photos
     seed: int = 0
     progress: bool = True
 
@@ -92,19 +97,33 @@ def _colour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample(
-    rgb: np.ndarray, inst: GtInstance, rng: np.random.Generator | None
+    rgb: np.ndarray,
+    inst: GtInstance,
+    rng: np.random.Generator | None,
+    occluders: Sequence[Cutout] = (),
+    paste: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pixels, prompt, target) of one crop of `inst`, augmented when `rng` is given."""
-    box, margin, flip = (inst.box, 0.1, False) if rng is None else _jitter(inst.box, rng)
+    """(pixels, prompt, target) of one crop of `inst`, augmented when `rng` is given: box
+    jitter, margin, flip, colour jitter of the crop, and with probability `paste` real
+    objects from `occluders` pasted over it (`search.models.boxmask_augment`)."""
+    if rng is None:
+        box, margin, flip = inst.box, 0.1, False
+    else:
+        box, margin, flip = _jitter(inst.box, rng)
+    height, width = rgb.shape[:2]
+    x0, y0, x1, y1 = crop_rect(box, width, height, margin)
+    image, mask = rgb[y0:y1, x0:x1], inst.mask[y0:y1, x0:x1]
+    box = Box(box.x0 - x0, box.y0 - y0, box.x1 - x0, box.y1 - y0)
     if rng is not None:
-        rgb = _colour(rgb, rng)
-    image, mask = (rgb[:, ::-1], inst.mask[:, ::-1]) if flip else (rgb, inst.mask)
+        if occluders and rng.random() < paste:
+            image, mask = occlude(image, mask, box, occluders, rng)
+        image = _colour(image, rng)
     if flip:
-        width = rgb.shape[1]
-        box = Box(width - box.x1, box.y0, width - box.x0, box.y1)
+        image, mask = image[:, ::-1], mask[:, ::-1]
+        box = Box(image.shape[1] - box.x1, box.y0, image.shape[1] - box.x0, box.y1)
     pixels, prompt, crop = prepare(np.ascontiguousarray(image), box, margin)
-    x0, y0, x1, y1 = crop.rect
-    target_crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.float32)
+    cx0, cy0, cx1, cy1 = crop.rect
+    target_crop = np.ascontiguousarray(mask[cy0:cy1, cx0:cx1], dtype=np.float32)
     new_w, new_h, left, top = crop.geometry
     square = np.zeros((SIZE, SIZE), dtype=np.float32)
     square[top : top + new_h, left : left + new_w] = cv2.resize(
@@ -120,17 +139,69 @@ def read_rgb(image: GtImage) -> np.ndarray:
     return np.asarray(read_image_file(image.path))
 
 
-def build_features(frozen: Frozen, images: Sequence[GtImage], options: TrainOptions) -> Features:
-    """Run the frozen blocks once on `aug` augmented crops of every training instance."""
+def occluder_pool(images: Sequence[GtImage], photos: Sequence[np.ndarray]) -> list[Cutout]:
+    """Every training object cut out by its own mask: the occluders copy-paste draws from."""
+    pool = []
+    for gt, rgb in zip(images, photos, strict=True):
+        for inst in gt.instances:
+            if inst.area >= TRAIN_MIN_AREA and (piece := cutout(rgb, inst.mask, inst.box)):
+                pool.append(piece)
+    return pool
+
+
+def with_composites(
+    images: Sequence[GtImage],
+    photos: Sequence[np.ndarray],
+    cutouts: Sequence[Cutout],
+    options: TrainOptions,
+) -> tuple[list[GtImage], list[np.ndarray]]:
+    """`options.composites` photos made of a training photo and a catalog cut-out pasted in
+    (`search.models.boxmask_composite`), each with the cut-out as its one instance."""
+    made_images: list[GtImage] = []
+    made_photos: list[np.ndarray] = []
+    if not cutouts or not photos:
+        return made_images, made_photos
+    rng = np.random.default_rng([options.seed, 7])
+    for j in range(options.composites * 2):
+        if len(made_images) >= options.composites:
+            break
+        k = int(rng.integers(len(photos)))
+        made = composite(photos[k], cutouts[j % len(cutouts)], rng)
+        if made is None:
+            continue
+        rgb, mask, box = made
+        inst = GtInstance("composite", box, mask, float(mask.sum()))
+        made_images.append(GtImage(-1 - j, images[k].path, [inst]))
+        made_photos.append(rgb)
+    return made_images, made_photos
+
+
+def build_features(
+    frozen: Frozen,
+    images: Sequence[GtImage],
+    options: TrainOptions,
+    cutouts: Sequence[Cutout] = (),
+) -> Features:
+    """Run the frozen blocks once on `aug` augmented crops of every training instance (and
+    `aug` // 4 of each composite made from `cutouts`)."""
     maps: list[list[torch.Tensor]] = [[], [], []]
     prompts, targets, owner = [], [], []
+    photos = [read_rgb(gt) for gt in images]
+    pool = occluder_pool(images, photos) if options.paste > 0 else []
+    extra_images, extra_photos = with_composites(images, photos, cutouts, options)
+    real = len(images)
+    images, photos = [*images, *extra_images], [*photos, *extra_photos]
     n = 0
-    for gt in tqdm(images, desc="crops", disable=not options.progress, unit="photo"):
-        rgb = read_rgb(gt)
+    for index, (gt, rgb) in tqdm(
+        list(enumerate(zip(images, photos, strict=True))),
+        desc="crops",
+        disable=not options.progress,
+        unit="photo",
+    ):
         for inst in (i for i in gt.instances if i.area >= TRAIN_MIN_AREA):
-            for k in range(options.aug):
-                rng = np.random.default_rng([options.seed, gt.image_id, n, k])
-                pixels, prompt, target = sample(rgb, inst, rng)
+            for k in range(options.aug if index < real else max(1, options.aug // 4)):
+                rng = np.random.default_rng([options.seed, abs(gt.image_id), n, k])
+                pixels, prompt, target = sample(rgb, inst, rng, pool, options.paste)
                 with torch.inference_mode():
                     x = torch.from_numpy(pixels[None]).contiguous(memory_format=CL)
                     for store, tap in zip(maps, frozen(x), strict=True):
@@ -249,23 +320,32 @@ def save_head(head: MaskHead, path: Path) -> None:
 
 
 def train_masks(
-    annotations: Path, out: Path, *, folds: int = 1, options: TrainOptions = TrainOptions()
+    annotations: Path,
+    out: Path,
+    *,
+    folds: int = 1,
+    options: TrainOptions = TrainOptions(),
+    feed: Path | None = None,
 ) -> dict[str, object]:
-    """Train (k-fold figures first when `folds` > 1) and save the head trained on every image."""
+    """Train (k-fold figures first when `folds` > 1) and save the head trained on every image;
+    with `feed` and `options.composites`, catalog cut-outs composited into the photos too."""
     _, images = load_ground_truth(annotations)
     frozen = Frozen(lite0()).to(memory_format=CL).eval()
-    report: dict[str, object] = {"images": len(images), "folds": folds}
+    cutouts: list[Cutout] = []
+    if feed is not None and options.composites > 0:
+        cutouts = catalog_cutouts(feed, limit=options.composites, seed=options.seed)
+    report: dict[str, object] = {"images": len(images), "folds": folds, "cutouts": len(cutouts)}
     if folds > 1:
         fold_of = folds_of(images, folds, options.seed)
         rows: list[tuple[float, float, str]] = []
         for fold in range(folds):
             train = [g for g in images if fold_of[g.image_id] != fold]
             test = [g for g in images if fold_of[g.image_id] == fold]
-            result = train_head(build_features(frozen, train, options), options)
+            result = train_head(build_features(frozen, train, options, cutouts), options)
             rows += evaluate_head(frozen, result.head, test)
             logger.info("fold %d: %d test instances, %.0f s", fold, len(rows), result.seconds)
         report["kfold"] = summarise(rows)
-    result = train_head(build_features(frozen, images, options), options)
+    result = train_head(build_features(frozen, images, options, cutouts), options)
     save_head(result.head, out)
     report.update(final_loss=float(np.mean(result.losses[-20:])), seconds=round(result.seconds, 1))
     return report

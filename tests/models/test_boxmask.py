@@ -117,3 +117,22 @@ def test_train_masks_reports_k_fold_figures_and_writes_the_head(tmp_path: Path) 
     assert kfold["furniture_instances"] == 2  # the chair and the couch; the person is not
     assert 0.0 <= kfold["all_miou"] <= 1.0 and 0.7 < kfold["box_all_miou"] <= 1.0
     assert out.is_file() and LiteBoxMasker(out, threads=1, expected_sha256=None).name
+
+
+def test_features_with_occluders_and_composites(
+    tmp_path: Path, random_masker: LiteBoxMasker
+) -> None:
+    """Copy-paste and catalog composites add crops (aug // 4 per composite) whose targets
+    stay in [0, 1], and the real crops are still there."""
+    from search.models.boxmask_augment import Cutout
+
+    _, images = load_ground_truth(write_annotations(tmp_path))
+    piece = np.zeros((30, 20, 3), dtype=np.uint8)
+    cutouts = [Cutout(piece, np.ones((30, 20), dtype=bool))]
+    options = TrainOptions(aug=4, batch=4, seed=1, paste=1.0, composites=2, progress=False)
+    features = build_features(random_masker.frozen, images, options, cutouts)
+    assert len(features.owner) == 3 * 4 + 2 * 1
+    assert len(set(features.owner)) == 5
+    assert float(features.target.min()) >= 0.0 and float(features.target.max()) <= 1.0
+    plain = build_features(random_masker.frozen, images, replace(options, composites=0))
+    assert len(plain.owner) == 3 * 4
