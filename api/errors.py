@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 STATUS: list[tuple[type[errors.RoomlensError], int]] = [
     (errors.ImageTooLarge, 413),
     (errors.UnsupportedImageType, 415),
+    (errors.InvalidBox, 400),
     (errors.InvalidInput, 400),
     (errors.NotFound, 404),
     (errors.IndexNotReady, 503),

@@ -16,6 +16,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.pool import InferencePool
 from api.routes import admin, health, products
 from api.routes import search as search_routes
+from api.routes import segment as segment_routes
 from api.state import AppState, build_state
 from search.config import Settings
 
@@ -24,7 +25,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 DESCRIPTION = """\
 Upload a room photo: every piece of furniture in it is segmented, and each instance comes
-back with the catalog products that look most like it.
+back with the catalog products that look most like it (`/v1/search`), or with its colours and
+its relations to the others, as facts (`/v1/segment`).
 
 Errors are `application/problem+json` bodies (RFC 9457) with a machine-readable `code`.
 """
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer
     app.include_router(health.router)
     app.include_router(search_routes.router)
+    app.include_router(segment_routes.router)
     app.include_router(products.router)
     app.include_router(admin.router)
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")

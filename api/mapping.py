@@ -1,5 +1,5 @@
 """Domain results to wire schemas: the one place routes and the CLI turn a `SearchResult`,
-a `ProductHit` or the wire's filter fields into what the API sends and takes."""
+a `SceneResult`, a `ProductHit` or the wire's filter fields into what the API sends and takes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from api.schemas import (
+    ColorPublic,
     FilterFields,
     ImageSize,
     IndexPublic,
@@ -16,10 +17,15 @@ from api.schemas import (
     MaskPublic,
     MaskRLE,
     ProductPublic,
+    RelationPublic,
+    SceneInstancePublic,
     SearchResponse,
+    SegmentResponse,
 )
 from search.filters import ProductFilter, parse_attributes
 from search.masks import encode_rle, mask_to_polygons
+from search.scene import SceneInstance
+from search.scene_service import SceneResult
 from search.types import InstanceResult, ProductHit, SearchResult
 
 
@@ -56,15 +62,46 @@ def column_major(mask: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.transpose(flat)).view(np.bool_).T
 
 
+def mask_public(mask: np.ndarray) -> MaskPublic:
+    """A mask as the API sends it: COCO RLE and polygons for drawing."""
+    rle = encode_rle(column_major(mask))
+    return MaskPublic(rle=MaskRLE(**rle), polygons=mask_to_polygons(mask))
+
+
 def instance_public(group: InstanceResult) -> InstancePublic:
     inst = group.instance
-    rle = encode_rle(column_major(inst.mask))
     return InstancePublic(
         label=inst.label,
         score=round(float(inst.score), 4),
         box=[round(v, 1) for v in inst.box.as_list()],
-        mask=MaskPublic(rle=MaskRLE(**rle), polygons=mask_to_polygons(inst.mask)),
+        mask=mask_public(inst.mask),
         products=[product_public(hit) for hit in group.products],
+    )
+
+
+def segment_response(result: SceneResult) -> SegmentResponse:
+    """The `/v1/segment` body (and `roomlens segment --json`) of a photo's scene."""
+    scene = result.scene
+    return SegmentResponse(
+        image=ImageSize(width=scene.width, height=scene.height),
+        instances=[scene_instance_public(inst) for inst in scene.instances],
+        counts=scene.counts,
+        counts_by_color=scene.counts_by_color,
+        description=scene.description,
+        timings_ms=rounded(result.timings_ms),
+    )
+
+
+def scene_instance_public(inst: SceneInstance) -> SceneInstancePublic:
+    return SceneInstancePublic(
+        id=inst.id,
+        label=inst.label,
+        score=round(float(inst.score), 4),
+        box=[round(v, 1) for v in inst.box.as_list()],
+        mask=mask_public(inst.mask),
+        area=round(inst.area, 6),
+        colors=[ColorPublic(**color.as_dict()) for color in inst.colors],
+        relations=[RelationPublic(predicate=r.predicate, object=r.object) for r in inst.relations],
     )
 
 

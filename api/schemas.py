@@ -9,14 +9,24 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 
 from search.errors import InvalidInput
 from search.filters import parse_attributes
+from search.segmentation import LABEL_IOU
 
 _NUMBER = r"-?\d+(?:\.\d+)?"
 REGION_PATTERN = rf"^\s*\[?\s*{_NUMBER}(?:\s*,\s*{_NUMBER}){{3}}\s*\]?\s*$"
 ATTRIBUTE_PATTERN = r"^[^=]+=.*$"
+MAX_BOXES = 50  # box prompts per /v1/segment request
 
 Category = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Merchant = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Attribute = Annotated[str, StringConstraints(max_length=512, pattern=ATTRIBUTE_PATTERN)]
+ImageUrl = Annotated[
+    str | None,
+    Field(
+        max_length=2048,
+        description="an http(s) URL of a JPEG, PNG or WebP photo, fetched by the server; "
+        "give either this or the `image` file",
+    ),
+]
 
 
 class Problem(BaseModel):
@@ -83,12 +93,7 @@ class SearchForm(FilterFields):
     """The form fields of `POST /v1/search`, sent beside the `image` file (or instead of it,
     with `image_url`)."""
 
-    image_url: str | None = Field(
-        None,
-        max_length=2048,
-        description="an http(s) URL of a JPEG, PNG or WebP photo, fetched by the server; "
-        "give either this or the `image` file",
-    )
+    image_url: ImageUrl = None
     text: str | None = Field(
         None,
         min_length=1,
@@ -122,6 +127,31 @@ class TextQuery(FilterFields):
 
 class SimilarQuery(FilterFields):
     """The query parameters of `GET /v1/products/{sku}/similar`."""
+
+
+class SegmentForm(BaseModel):
+    """The form fields of `POST /v1/segment`, beside the `image` file (or instead of it,
+    with `image_url`)."""
+
+    image_url: ImageUrl = None
+    box: list[Annotated[str, StringConstraints(max_length=200)]] = Field(
+        default_factory=list,
+        max_length=MAX_BOXES,
+        description="a box prompt `x0,y0,x1,y1` (or `[x0,y0,x1,y1]`) in pixels of the upright "
+        "photo; repeat for several. Each gives exactly one instance, in the order given: the "
+        "object inside the box, labelled as the detection whose box overlaps it best (box IoU "
+        f"at least {LABEL_IOU:g}) or `object`. A box partly outside the photo is clipped; a "
+        "malformed one, or one outside the photo, is a 400 (`invalid_box`). Without boxes the "
+        "segmenter finds the instances.",
+        examples=[["120,80,560,400"]],
+    )
+    min_score: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="leave out detections scoring below this (without boxes: the instances; "
+        "with boxes: the detections that may label them)",
+    )
 
 
 def parse_region(text: str) -> tuple[float, float, float, float]:
@@ -195,6 +225,86 @@ class SearchResponse(BaseModel):
     image: ImageSize = Field(description="size of the photo as searched (EXIF orientation applied)")
     instances: list[InstancePublic]
     timings_ms: dict[str, float] = Field(description="milliseconds spent per stage")
+
+
+class ColorPublic(BaseModel):
+    name: str = Field(
+        description="basic colour term: black, white, grey, brown, beige, red, orange, "
+        "yellow, green, blue, purple or pink"
+    )
+    css: str = Field(description="the nearest CSS3 colour name")
+    hex: str = Field(description="the colour as #rrggbb")
+    share: float = Field(description="its share of the instance's mask pixels (0..1)")
+
+
+class RelationPublic(BaseModel):
+    """`this instance <predicate> object`, e.g. a chair `next_to` instance 3."""
+
+    predicate: str = Field(
+        description="on, next_to, overlaps, in_front_of, behind, left_of, right_of, above or "
+        "below (README: the scene as facts)"
+    )
+    object: int = Field(description="the other instance's `id`")
+
+
+class SceneInstancePublic(BaseModel):
+    id: int = Field(description="1-based, in the order of `instances`")
+    label: str = Field(
+        description="detector class; for a box prompt the label of the detection it overlaps "
+        "best, or `object`"
+    )
+    score: float = Field(description="detector confidence (1.0 for a box prompt's `object`)")
+    box: list[float] = Field(description="[x0, y0, x1, y1] in pixels of the uploaded image")
+    mask: MaskPublic
+    area: float = Field(description="the mask's share of the photo's pixels (0..1)")
+    colors: list[ColorPublic] = Field(description="dominant colours, largest share first")
+    relations: list[RelationPublic]
+
+
+class SegmentResponse(BaseModel):
+    image: ImageSize = Field(description="size of the photo (EXIF orientation applied)")
+    instances: list[SceneInstancePublic] = Field(
+        description="every object, masks exclusive (no pixel belongs to two instances)"
+    )
+    counts: dict[str, int] = Field(description="instances per label, most first")
+    counts_by_color: dict[str, int] = Field(
+        description="instances per `<first colour> <label>`, most first"
+    )
+    description: str = Field(description="the counts, colours and relations in English")
+    timings_ms: dict[str, float] = Field(description="milliseconds spent per stage")
+
+
+class CocoImage(BaseModel):
+    id: int
+    file_name: str
+    width: int
+    height: int
+
+
+class CocoAnnotation(BaseModel):
+    id: int
+    image_id: int
+    category_id: int
+    segmentation: MaskRLE
+    bbox: list[float] = Field(description="the mask's tight [x, y, width, height]")
+    area: int = Field(description="mask pixels")
+    iscrowd: int
+    score: float
+
+
+class CocoCategory(BaseModel):
+    id: int = Field(description="the COCO id for a COCO class; 1000 and up for the others")
+    name: str
+    supercategory: str
+
+
+class CocoDocument(BaseModel):
+    """A COCO instance-segmentation document (`?format=coco`), as pycocotools reads it."""
+
+    info: dict[str, Any]
+    images: list[CocoImage]
+    annotations: list[CocoAnnotation]
+    categories: list[CocoCategory]
 
 
 class CatalogImagePublic(BaseModel):

@@ -21,8 +21,9 @@ PLUGINS = (
     "roomlens.cli_models",
     "roomlens.cli_admin",
     "roomlens.cli_train",
-    "roomlens.cli_colors",
     "roomlens.cli_label",
+    "roomlens.cli_colors",
+    "roomlens.cli_segment",
 )
 
 

@@ -33,6 +33,13 @@ class ImageTooLarge(InvalidInput):
     code = "image_too_large"
 
 
+class InvalidBox(InvalidInput):
+    """A box prompt that is not `x0,y0,x1,y1` with x1 > x0 and y1 > y0, or that has no
+    pixel inside the photo."""
+
+    code = "invalid_box"
+
+
 class FetchError(InvalidInput):
     """An image URL or file that could not be read (unreachable, error status, too slow);
     the message says why."""

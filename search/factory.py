@@ -10,6 +10,7 @@ from search.categories import label_policy
 from search.config import Settings
 from search.live import LiveIndex
 from search.models.registry import build_embedder, build_masker, build_segmenter
+from search.segmentation import Segmentation
 from search.service import SearchService
 
 
@@ -28,3 +29,10 @@ def build_service(settings: Settings, session_factory: Callable[[], Session]) ->
         category_policy=label_policy() if settings.models.category_aware else None,
         masker=masker,
     )
+
+
+def build_segmentation(settings: Settings) -> Segmentation:
+    """Only the segmenter and box masker, as `build_service` builds them (no embedder,
+    index or database): what `roomlens segment` needs."""
+    masker = build_masker(settings.models)
+    return Segmentation(build_segmenter(settings.models, masker=masker), masker)

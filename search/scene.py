@@ -93,6 +93,21 @@ class Scene:
     description: str
 
 
+# Things that stand on the floor: in a photo a chair behind a table's far edge looks as if
+# it rested on the table, and no rule on 2-D masks can tell; what the thing is can.
+FLOOR_STANDING = frozenset(
+    {"chair", "couch", "sofa", "armchair", "bed", "dining table", "table", "bench", "toilet"}
+    | {"refrigerator", "oven", "wardrobe", "bookcase"}
+)
+
+
+def _standing(label: str, relations: list[Relation]) -> list[Relation]:
+    """`relations` without `on` for a thing that stands on the floor."""
+    if label not in FLOOR_STANDING:
+        return relations
+    return [r for r in relations if r.predicate != "on"]
+
+
 def build_scene(
     instances: Sequence[Instance],
     colors: Sequence[Sequence[NamedColor]],
@@ -108,7 +123,12 @@ def build_scene(
     for i, inst in enumerate(instances):
         if inst.mask.shape != (height, width):
             raise ValueError(f"instance {i + 1}: mask {inst.mask.shape} != ({height}, {width})")
-    relations = find_relations([inst.mask for inst in instances], rules)
+    relations = [
+        _standing(inst.label, rels)
+        for inst, rels in zip(
+            instances, find_relations([inst.mask for inst in instances], rules), strict=True
+        )
+    ]
     pixels = float(width * height)
     scene_instances = [
         SceneInstance(

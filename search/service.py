@@ -19,6 +19,7 @@ from search.index import FaissIndex
 from search.live import LiveIndex, LoadedIndex
 from search.masks import box_mask, exclusive
 from search.models.base import BoxMasker, Embedder, Segmenter
+from search.segmentation import Segmentation
 from search.timing import Timer
 from search.types import (
     Box,
@@ -135,10 +136,22 @@ class SearchService:
         """A drawn region as one instance: its box, and the mask of the object inside it
         (the region itself where the masker finds nothing)."""
         instance = region_instance(image, region)
-        if self.masker is None:
-            return instance
-        (mask,) = self.masker.masks(image, [instance.box])
-        return replace(instance, mask=mask) if mask.any() else instance
+        (mask,) = self.segmentation.box_masks(image, [instance.box])
+        return replace(instance, mask=mask)
+
+    @property
+    def segmentation(self) -> Segmentation:
+        """The segmenter and box masker alone (`search.segmentation`)."""
+        return Segmentation(self.segmenter, self.masker)
+
+    def segment(
+        self, image: Image.Image, boxes: Sequence[Box] = (), min_score: float = 0.0
+    ) -> list[Instance]:
+        """The photo's instances for its scene, with exclusive masks: the segmenter's scoring
+        at least `min_score`, or exactly one per box prompt, in order, each labelled as the
+        detection it overlaps best or `object` (`search.segmentation.Segmentation.segment`).
+        Raises `InvalidBox` for a malformed box or one outside the photo."""
+        return self.segmentation.segment(image, boxes, min_score)
 
     def filter_for(self, instance: Instance, base: ProductFilter) -> ProductFilter:
         """`base` combined with the category policy's choice for this instance."""

@@ -17,7 +17,7 @@ def test_models_list_reports_real_weights(capsys: pytest.CaptureFixture[str]) ->
 
 def test_every_subcommand_has_help() -> None:
     parser = build_parser()
-    for command in ("migrate", "index", "serve", "search", "eval", "models"):
+    for command in ("migrate", "index", "serve", "search", "eval", "models", "segment"):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([command, "--help"])
         assert exc.value.code == 0

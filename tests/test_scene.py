@@ -263,3 +263,23 @@ def test_describe_without_relations():
     scene = build_scene(instances, [[Colour("red")], []], (400, 300))
     assert scene.description == "1 red chair and 1 couch."
     assert describe([]) == "No objects found."
+
+
+def test_a_chair_is_never_on_a_table_but_a_lamp_is() -> None:
+    """The same layout, a thing resting on a table's top: `on` for a lamp, not for a chair
+    (a chair behind a table looks like that in a photo)."""
+    table = np.zeros((200, 300), dtype=bool)
+    table[100:190, 50:250] = True
+    thing = np.zeros((200, 300), dtype=bool)
+    thing[40:110, 120:170] = True
+    thing &= ~table | (np.arange(200)[:, None] < 110)
+    table &= ~thing
+    for label, expected in (("lamp", True), ("chair", False)):
+        instances = [
+            Instance(Box(120, 40, 170, 110), label, 0.9, thing),
+            Instance(Box(50, 100, 250, 190), "dining table", 0.9, table),
+        ]
+        scene = build_scene(instances, [[], []], (300, 200))
+        predicates = {r.predicate for r in scene.instances[0].relations}
+        assert ("on" in predicates) is expected, (label, predicates)
+        assert "above" in predicates

@@ -8,13 +8,13 @@ from functools import partial
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Form
 from PIL import Image
 
 from api.deps import MetricsDep, PoolDep, StateDep
 from api.errors import problem_responses
 from api.mapping import product_filter, product_public, rounded, to_response
+from api.photos import PhotoFile, decode_photo, photo_bytes
 from api.schemas import (
     IndexPublic,
     SearchForm,
@@ -25,19 +25,12 @@ from api.schemas import (
 )
 from api.state import AppState
 from merchant.querylog import record_search
-from search.errors import ImageTooLarge
-from search.images import decode_image
 from search.service import SearchOptions, SearchService
 from search.timing import Timer
 from search.types import Box, SearchResult
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["search"])
-
-PhotoFile = Annotated[
-    UploadFile | None,
-    File(description="a JPEG, PNG or WebP room photo; give either this or `image_url`"),
-]
 
 
 @router.post(
@@ -54,13 +47,9 @@ async def search(
     catalog products that pass the filters, each product once with its best score."""
     timer = Timer()
     started = time.perf_counter()
-    data = await photo_bytes(state, form, image, timer)
+    data = await photo_bytes(state, form.image_url, image, timer)
     options = search_options(form)
-    api = state.settings.api
-    with timer.stage("decode"):
-        decoded = await anyio.to_thread.run_sync(
-            partial(decode_image, data, max_bytes=api.max_upload_bytes, max_pixels=api.max_pixels)
-        )
+    decoded = await decode_photo(state, data, timer)
     (result, response), wait_ms = await pool.run(
         partial(search_and_encode, state.service, decoded, options)
     )
@@ -88,33 +77,6 @@ async def search_text(state: StateDep, pool: PoolDep, query: TextQuery) -> TextS
         products=[product_public(hit) for hit in result.products],
         timings_ms=rounded(result.timings_ms),
     )
-
-
-async def photo_bytes(
-    state: AppState, form: SearchForm, image: UploadFile | None, timer: Timer
-) -> bytes:
-    """The uploaded file or the bytes at `image_url` (exactly one must be given)."""
-    if (image is None) == (form.image_url is None):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "missing" if image is None else "value_error",
-                    "loc": ("body", "image"),
-                    "msg": "give either an image file or an image_url, not both",
-                }
-            ]
-        )
-    if form.image_url is not None:
-        with timer.stage("fetch"):
-            fetched = await anyio.to_thread.run_sync(state.fetcher.fetch_url, form.image_url)
-            assert fetched.data is not None  # no stamp sent, so never "not modified"
-            return fetched.data
-    assert image is not None
-    limit = state.settings.api.max_upload_bytes
-    data = await image.read(limit + 1)
-    if len(data) > limit:
-        raise ImageTooLarge(f"the upload is over the limit of {limit} bytes")
-    return data
 
 
 def search_options(form: SearchForm) -> SearchOptions:

@@ -1,6 +1,8 @@
 "use strict";
 // roomlens page: upload a photo, draw each instance's mask, list the products of the one
-// clicked; drag a box to search only that area. Plain DOM, no build step.
+// clicked; drag a box to search only that area. Beside them, the scene of the photo (or of
+// the area) from /v1/segment: counts, colours, relations, description, COCO download.
+// Plain DOM, no build step.
 const canvas = document.getElementById("canvas");
 const ctx = canvas.getContext("2d");
 const statusEl = document.getElementById("status");
@@ -17,6 +19,16 @@ let photo = null;      // its decoded <img>
 let instances = [];    // detected instances, then a drawn region (label "region") if any
 let active = -1;
 let drag = null;       // {x0, y0, x1, y1} while a box is being drawn
+let sceneBox = null;   // the box the scene panel shows (null: the whole photo)
+let sceneRequest = 0;  // the latest scene request; older answers are dropped
+
+const sceneEl = document.getElementById("scene");
+const cocoButton = document.getElementById("download-coco");
+const PHRASES = {
+  on: "on", next_to: "next to", overlaps: "overlapping", in_front_of: "in front of", behind: "behind",
+  left_of: "left of", right_of: "right of", above: "above", below: "below",
+};
+const HEX = /^#[0-9a-f]{6}$/i;
 
 function setStatus(text, isError = false) {
   statusEl.textContent = text;
@@ -184,6 +196,7 @@ async function search() {
     document.getElementById("stage-hint").hidden = false;
     setStatus(`${instances.length} items found in ${Math.round(performance.now() - started)} ms · index ${body.index.version}`);
     if (instances.length) select(0); else { productsEl.innerHTML = ""; draw(); }
+    loadScene(null);
   } catch (err) {
     setStatus(`Error: ${err.message}`, true);
   }
@@ -197,15 +210,104 @@ async function searchRegion(box) {
     renderList();
     select(instances.length - 1);
     setStatus(`Area ${box.join(", ")} searched`);
+    loadScene(box);
   } catch (err) {
     setStatus(`Error: ${err.message}`, true);
   }
 }
 
+// --- the scene as facts (/v1/segment) ---------------------------------------------------
+
+async function segment(box, format) {
+  const form = new FormData();
+  form.append("image", file);
+  if (box) form.append("box", box.join(","));
+  const resp = await fetch(`/v1/segment${format ? `?format=${format}` : ""}`, {method: "POST", body: form});
+  const body = await resp.json().catch(() => ({detail: resp.statusText}));
+  if (!resp.ok) throw new Error(body.detail || resp.statusText);
+  return body;
+}
+
+function setSceneStatus(text, isError = false) {
+  const el = document.getElementById("scene-status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+async function loadScene(box) {
+  const request = ++sceneRequest;
+  sceneBox = box;
+  sceneEl.hidden = false;
+  cocoButton.disabled = true;
+  document.getElementById("scene-scope").textContent = box ? "· the area you drew" : "· the whole photo";
+  setSceneStatus("Reading the scene…");
+  try {
+    const body = await segment(box);
+    if (request !== sceneRequest) return;  // a newer photo or area asked meanwhile
+    renderScene(body);
+    setSceneStatus(`${body.instances.length} objects`);
+    cocoButton.disabled = false;
+  } catch (err) {
+    if (request === sceneRequest) setSceneStatus(`Error: ${err.message}`, true);
+  }
+}
+
+function swatches(colors) {
+  return colors.filter(c => HEX.test(c.hex)).map(c =>
+    `<span class="swatch" style="background:${c.hex}" title="${escapeHtml(`${c.name} (${c.css}) ${Math.round(c.share * 100)}%`)}"></span>` +
+    `<span class="swatch-name">${escapeHtml(c.name)}</span>`).join(" ");
+}
+
+function relationWords(rel, byId) {
+  const other = byId.get(rel.object);
+  const label = other ? other.label : "object";
+  return `${escapeHtml(PHRASES[rel.predicate] || rel.predicate.replace(/_/g, " "))} the ${escapeHtml(label)}` +
+    ` <span class="hint">#${rel.object}</span>`;
+}
+
+function renderScene(body) {
+  const byId = new Map(body.instances.map(inst => [inst.id, inst]));
+  document.getElementById("scene-description").textContent = body.description;
+  const counts = Object.entries(body.counts).map(([label, n]) =>
+    `<li class="count"><b>${n}</b> ${escapeHtml(label)}</li>`);
+  const byColor = Object.entries(body.counts_by_color).map(([label, n]) =>
+    `<li class="count-color"><b>${n}</b> ${escapeHtml(label)}</li>`);
+  document.getElementById("scene-counts").innerHTML = counts.concat(byColor).join("");
+  document.getElementById("scene-objects").innerHTML = body.instances.map(inst => {
+    const relations = inst.relations.length
+      ? `<ul class="relations">${inst.relations.map(r => `<li>${relationWords(r, byId)}</li>`).join("")}</ul>`
+      : "";
+    return `<li class="object" data-id="${inst.id}"><span class="label">#${inst.id} ${escapeHtml(inst.label)}</span>
+      <span class="colors">${swatches(inst.colors)}</span>${relations}</li>`;
+  }).join("");
+}
+
+async function downloadCoco() {
+  cocoButton.disabled = true;
+  try {
+    const doc = await segment(sceneBox, "coco");
+    const blob = new Blob([JSON.stringify(doc)], {type: "application/json"});
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `${(file.name || "photo").replace(/\.[^.]*$/, "")}.coco.json`;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  } catch (err) {
+    setSceneStatus(`Error: ${err.message}`, true);
+  } finally {
+    cocoButton.disabled = false;
+  }
+}
+
+cocoButton.addEventListener("click", downloadCoco);
+
 function start(chosen) {
   file = chosen;
   photo = null; instances = []; active = -1;
   listEl.innerHTML = ""; productsEl.innerHTML = "";
+  sceneRequest++; sceneEl.hidden = true;
   search();
 }
 

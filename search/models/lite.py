@@ -60,12 +60,18 @@ class LiteSegmenter:
         parts = [detector.name, mask_name] + ([proposer.name] if proposer else [])
         self.name = f"lite({'+'.join(parts)})"
 
-    def segment(self, image: Image.Image) -> list[Instance]:
+    def detect(self, image: Image.Image) -> list[Detection]:
+        """The boxes `segment` masks, without masking them: the detector's (duplicates
+        merged, at most `max_instances`), then the proposer's."""
         found = [d for d in self.detector.detect(image) if croppable(d, image.size)]
         detections = merge_duplicates(found, self.duplicate_iou)
         detections = detections[: self.max_instances]
         if self.proposer is not None:
             detections += [d for d in self.proposer.detect(image) if croppable(d, image.size)]
+        return detections
+
+    def segment(self, image: Image.Image) -> list[Instance]:
+        detections = self.detect(image)
         if not detections:
             return []
         if self.box_masker is not None:

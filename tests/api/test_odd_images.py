@@ -15,6 +15,7 @@ from PIL import Image
 
 from api.main import create_app
 from api.state import AppState
+from search.datasets import check_coco
 from search.masks import decode_rle
 from tests.odd_images import odd_images, small_images
 
@@ -22,12 +23,16 @@ pytestmark = pytest.mark.slow
 
 MAX_PIXELS = 120_000
 CORPUS = list(odd_images(MAX_PIXELS))
-# (name, extra form fields): every way /v1/search takes an image
-VARIANTS: list[tuple[str, dict[str, str]]] = [
-    ("plain", {}),
-    ("region", {"region": "0,0,1,1"}),
-    ("text", {"text": "in green"}),
+# (name, route, extra form fields): every way /v1/search and /v1/segment take an image
+VARIANTS: list[tuple[str, str, dict[str, str]]] = [
+    ("plain", "/v1/search", {}),
+    ("region", "/v1/search", {"region": "0,0,1,1"}),
+    ("text", "/v1/search", {"text": "in green"}),
+    ("segment", "/v1/segment", {}),
+    ("segment-box", "/v1/segment", {"box": "0,0,1,1"}),
+    ("segment-coco", "/v1/segment?format=coco", {}),
 ]
+PLAIN = {"plain", "segment", "segment-coco"}  # a valid image under the cap gets a 200
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,10 @@ def client(app_state: AppState) -> Iterator[TestClient]:
         yield c
 
 
-def _post(client: TestClient, data: bytes, form: dict[str, str]) -> Any:
-    return client.post("/v1/search", files={"image": ("photo", data)}, data={"k": "2", **form})
+def _post(client: TestClient, data: bytes, form: dict[str, str], route: str = "/v1/search") -> Any:
+    if route == "/v1/search":
+        form = {"k": "2", **form}
+    return client.post(route, files={"image": ("photo", data)}, data=form)
 
 
 def _check(resp: Any, data: bytes) -> None:
@@ -53,6 +60,11 @@ def _check(resp: Any, data: bytes) -> None:
         return
     body = resp.json()
     width, height = Image.open(io.BytesIO(data)).size
+    if "annotations" in body:  # ?format=coco
+        (image,) = body["images"]
+        assert {image["width"], image["height"]} == {width, height}
+        assert check_coco(body) == []
+        return
     assert {body["image"]["width"], body["image"]["height"]} == {width, height}  # EXIF may turn
     for inst in body["instances"]:
         mask = decode_rle(inst["mask"]["rle"])
@@ -62,14 +74,14 @@ def _check(resp: Any, data: bytes) -> None:
 
 
 @pytest.mark.parametrize(("name", "data"), CORPUS, ids=[name for name, _ in CORPUS])
-@pytest.mark.parametrize(("variant", "form"), VARIANTS, ids=[v for v, _ in VARIANTS])
+@pytest.mark.parametrize(("variant", "route", "form"), VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_odd_image_never_5xx(
-    client: TestClient, name: str, data: bytes, variant: str, form: dict[str, str]
+    client: TestClient, name: str, data: bytes, variant: str, route: str, form: dict[str, str]
 ) -> None:
-    resp = _post(client, data, form)
+    resp = _post(client, data, form, route)
     _check(resp, data)
-    if variant == "plain":
-        assert resp.status_code == 200, f"{name}: a valid image under the cap is searched"
+    if variant in PLAIN:
+        assert resp.status_code == 200, f"{name}: a valid image under the cap is answered"
 
 
 def test_over_the_pixel_cap_is_413(client: TestClient) -> None:
@@ -95,14 +107,16 @@ def test_tiny_image_is_one_whole_image_group(client: TestClient) -> None:
 )
 @given(data=small_images())
 def test_random_small_images_never_5xx(client: TestClient, data: bytes) -> None:
-    resp = _post(client, data, {})
-    _check(resp, data)
-    assert resp.status_code == 200, resp.text
+    for route in ("/v1/search", "/v1/segment"):
+        resp = _post(client, data, {}, route)
+        _check(resp, data)
+        assert resp.status_code == 200, resp.text
 
 
 def test_server_still_healthy_after_the_corpus(client: TestClient) -> None:
     for name, data in CORPUS:
         assert _post(client, data, {}).status_code < 500, name
+        assert _post(client, data, {}, "/v1/segment").status_code < 500, name
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     room = dict(CORPUS)["progressive-jpeg"]

@@ -61,6 +61,9 @@ def test_api_conforms_to_its_schema(case: schemathesis.Case, live_server: str) -
     [
         ("POST", "/v1/search", {"body": {"k": 3}}),
         ("POST", "/v1/search", {"body": {"k": 2, "region": "50,40,500,400", "in_stock": True}}),
+        ("POST", "/v1/segment", {"body": {}}),
+        ("POST", "/v1/segment", {"body": {"box": ["50,40,500,400", "0,0,90,90"]}}),
+        ("POST", "/v1/segment", {"body": {"min_score": 0.4}, "query": {"format": "coco"}}),
         ("GET", "/v1/products/{sku}", {}),
         ("GET", "/v1/products/{sku}/similar", {"query": {"k": 4, "category": ["table"]}}),
     ],

@@ -1,10 +1,12 @@
 """The web page in a real browser: headless Chromium (Debian's package, see
 scripts/install-browser.sh) driven by Playwright, against uvicorn on 127.0.0.1 serving the
 small real catalog. Upload a room photo, see the outlines, click one, see its products;
-drag a box, see the products of that area."""
+drag a box, see the products of that area; the scene panel beside them, and its COCO
+download."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,17 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT = Path(os.environ.get("ROOMLENS_SCREENSHOT", "/tmp/roomlens-page.png"))
 SEARCH_TIMEOUT_MS = 120_000  # a room photo on a busy 2-core machine
+PHRASES = {  # a relation in words, as the page writes it
+    "on": "on",
+    "next_to": "next to",
+    "overlaps": "overlapping",
+    "in_front_of": "in front of",
+    "behind": "behind",
+    "left_of": "left of",
+    "right_of": "right of",
+    "above": "above",
+    "below": "below",
+}
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +159,50 @@ def test_filters_are_sent_with_the_search(
         assert feed[sku]["in_stock"]
     all_skus = page.evaluate("instances.flatMap(i => i.products.map(p => p.sku))")
     assert all_skus and all(feed[s]["category"] == "table" for s in all_skus)
+
+
+def test_scene_panel_shows_counts_description_and_coco_download(
+    page: Page, live_server: str, small_catalog: SmallCatalog, sample_dir: Path, tmp_path: Path
+) -> None:
+    """After a search the page asks /v1/segment for the same photo: the panel lists the
+    counts, each object's colour swatches and relations in words, the description; the
+    button downloads the photo's instances as COCO JSON."""
+    page.goto(live_server + "/")
+    photo = small_catalog.room_photo(sample_dir)
+    with page.expect_response("**/v1/segment", timeout=SEARCH_TIMEOUT_MS) as answer:
+        page.set_input_files("#file", str(photo))
+    assert answer.value.ok
+    body = answer.value.json()
+    page.wait_for_selector("#scene-objects li.object", timeout=SEARCH_TIMEOUT_MS)
+    assert page.is_visible("#scene")
+    assert page.inner_text("#scene-description").strip() == body["description"]
+    counts = page.locator("#scene-counts li.count")
+    assert counts.count() == len(body["counts"]) >= 1
+    first_label, first_count = next(iter(body["counts"].items()))
+    assert counts.first.inner_text().split() == [str(first_count), *first_label.split()]
+    objects = page.locator("#scene-objects li.object")
+    assert objects.count() == len(body["instances"])
+    coloured = [i for i in body["instances"] if i["colors"]]
+    assert page.locator("#scene-objects .swatch").count() == sum(len(i["colors"]) for i in coloured)
+    related = next((i for i in body["instances"] if i["relations"]), None)
+    if related is not None:  # relations in words, naming the other object by its label
+        rel = related["relations"][0]
+        other = next(i for i in body["instances"] if i["id"] == rel["object"])
+        words = page.locator(f"#scene-objects li.object[data-id='{related['id']}'] .relations li")
+        assert f"{PHRASES[rel['predicate']]} the {other['label']}" in words.first.inner_text()
+
+    button = page.locator("#download-coco")
+    assert button.is_visible() and button.inner_text() == "Download COCO JSON"
+    page.screenshot(path=str(SCREENSHOT.with_name(f"{SCREENSHOT.stem}-scene.png")), full_page=True)
+    with page.expect_download(timeout=SEARCH_TIMEOUT_MS) as download:
+        button.click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    from search.datasets import check_coco
+    from search.masks import decode_rle
+
+    doc = json.loads(saved.read_text())
+    assert saved.name.endswith(".coco.json")
+    assert check_coco(doc) == [] and len(doc["images"]) == 1
+    masks = [decode_rle(i["mask"]["rle"]) for i in body["instances"]]
+    assert len(doc["annotations"]) == sum(1 for m in masks if m.any())
