@@ -75,15 +75,23 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from search.evaluation.closeups import CloseupFraming
     from search.evaluation.command import EvalOptions, eval_command
-    from search.evaluation.report import gain_line, summary_lines, table
+    from search.evaluation.report import closeup_table, gain_line, summary_lines, table
     from search.evaluation.runner import WHOLE
 
     options = EvalOptions(
-        baselines=not args.no_baselines, limit=args.limit, progress=not args.no_progress
+        baselines=not args.no_baselines,
+        limit=args.limit,
+        progress=not args.no_progress,
+        closeups=CloseupFraming(margin=args.closeup_margin) if args.closeups else None,
     )
     run = eval_command(args.queries, args.out, settings=settings, options=options)
     print(table(run.metrics))
+    if run.closeups:
+        print()
+        print(closeup_table(run.closeups))
+        print(f"close-up rule fired on {run.meta['closeup_rule_fired']}")
     print()
     for line in summary_lines(run.metrics):
         print(line)
@@ -143,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("eval-report"), help="report folder")
     p.add_argument("--limit", type=int, default=None, help="only the first N photos")
     p.add_argument("--no-baselines", action="store_true", help="skip whole-photo/box baselines")
+    p.add_argument(
+        "--closeups",
+        action="store_true",
+        help="also search close-ups cut around each room's objects (with and without the "
+        "close-up rule, and whole, unless --no-baselines)",
+    )
+    p.add_argument(
+        "--closeup-margin",
+        type=float,
+        default=0.25,
+        help="close-ups: the object's box grown by this share of its size on each side",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -53,6 +53,17 @@ class ModelSettings(BaseModel):
     category_aware: bool = Field(
         True, description="search each detected object among compatible catalog categories"
     )
+    closeup: bool = Field(
+        True,
+        description="a photo one detected object fills most of (closeup_share) is a close-up "
+        "of it: the whole photo is searched too, as that object, and its products merged in",
+    )
+    closeup_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="share of the photo the largest object's box must exceed for a close-up",
+    )
     oversample: int = Field(4, ge=1, description="vectors fetched per product asked for")
     score_temperature: float = Field(
         0.02,

@@ -115,15 +115,29 @@ class SearchService:
         loaded = self.live_index.get()
         with timer.stage("segment"):
             instances = self.instances(image, options.region)
+        subject = self.closeup_subject(image, instances) if options.region is None else None
+        queries = instances if subject is None else [*instances, whole_image_instance(image)]
         with timer.stage("embed"):
-            vectors = self.embed_instances(image, instances)
+            vectors = self.embed_instances(image, queries)
             if options.text is not None:
                 vectors = self._refine(vectors, options.text)
         filters = [self.filter_for(inst, options.filters) for inst in instances]
+        if subject is not None:
+            filters.append(filters[subject])  # the whole photo, searched as its subject
         ranked = self._rank(loaded.index, vectors, filters, options, timer)
         self._widen_empty(loaded.index, vectors, ranked, filters, options, timer)
+        if subject is not None:
+            whole = ranked.pop()
+            ranked[subject] = merge_best([ranked[subject], whole], options.k)
         groups = [InstanceResult(inst, hits) for inst, hits in zip(instances, ranked, strict=True)]
         return SearchResult(index_info(loaded), image.size, groups, timer.ms)
+
+    def closeup_subject(self, image: Image.Image, instances: Sequence[Instance]) -> int | None:
+        """The instance `image` is a close-up of, when the close-up rule is on and one is
+        (`closeup_subject`); its group also gets the products of the whole photo."""
+        if not self.settings.closeup:
+            return None
+        return closeup_subject(instances, image.size, self.settings.closeup_share)
 
     def instances(self, image: Image.Image, region: Box | None = None) -> list[Instance]:
         """The region as one instance, else the segmenter's instances (with exclusive masks,
@@ -321,6 +335,26 @@ def finish(
     if options.min_score is not None:
         scored = [h for h in scored if h.score >= options.min_score]
     return scored[: options.k]
+
+
+def closeup_subject(
+    instances: Sequence[Instance], size: tuple[int, int], share: float
+) -> int | None:
+    """The index of the instance a photo is a close-up of: the largest, when its box covers
+    more than `share` of the photo (one object fills most of it). None for a photo of several
+    things (a room: on the 105 dev rooms the largest box covers a median 15% of the photo and
+    more than half in 2 of them) and for the whole-photo fallback, which is the whole photo
+    already. `SearchService.search` also searches such a photo whole, as that object, so a
+    box that cuts the object or misses part of it loses nothing (docs/QUALITY.md, "Round 2:
+    close-ups")."""
+    width, height = size
+    areas = [inst.box.clip(width, height).area for inst in instances]
+    if not areas:
+        return None
+    best = max(range(len(areas)), key=areas.__getitem__)
+    if instances[best].label == WHOLE_IMAGE_LABEL or areas[best] <= share * width * height:
+        return None
+    return best
 
 
 def merge_best(lists: Sequence[Sequence[ProductHit]], k: int) -> list[ProductHit]:

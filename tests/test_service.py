@@ -19,12 +19,15 @@ from search.errors import InvalidInput, ProductNotFound
 from search.filters import ProductFilter
 from search.index import FaissIndex, IndexMeta, publish_current, save_index, version_dir
 from search.live import LiveIndex
+from search.masks import box_mask
 from search.service import (
     CALIBRATION_POOL,
     REGION_LABEL,
+    WHOLE_IMAGE_LABEL,
     SearchOptions,
     SearchService,
     calibrate,
+    closeup_subject,
     merge_best,
 )
 from search.types import Box, Instance, ProductHit, Vectors
@@ -522,3 +525,84 @@ def test_a_drawn_region_returns_the_object_inside_it(
     wide = Box(0.0, 0.0, 150.0, 80.0)  # the masker finds nothing: the region is the mask
     (group,) = service.search(_photo(), SearchOptions(k=3, region=wide)).groups
     assert group.instance.mask.sum() == 150 * 80
+
+
+def _instance(box: Box, label: str = "couch") -> Instance:
+    return Instance(box, label, 0.9, np.zeros((1, 1), dtype=bool))
+
+
+def test_closeup_subject_is_the_object_that_fills_most_of_the_photo() -> None:
+    size = (200, 100)  # 20,000 px
+    room = [_instance(Box(0, 0, 100, 60)), _instance(Box(120, 10, 190, 90), "lamp")]
+    assert closeup_subject(room, size, 0.5) is None  # 30% and 28%: a photo of several things
+    closeup = [_instance(Box(10, 40, 60, 90), "lamp"), _instance(Box(20, 0, 180, 100))]
+    assert closeup_subject(closeup, size, 0.5) == 1  # 80% of the photo, wherever it is listed
+    assert closeup_subject(closeup, size, 0.85) is None
+    half = [_instance(Box(0, 0, 100, 100))]
+    assert closeup_subject(half, size, 0.5) is None  # exactly half is not "most"
+    outside = [_instance(Box(-500, -500, 60, 500))]  # clipped to the photo: 30%
+    assert closeup_subject(outside, size, 0.5) is None
+    whole = [_instance(Box(0, 0, 200, 100), WHOLE_IMAGE_LABEL)]
+    assert closeup_subject(whole, size, 0.5) is None  # the fallback is the whole photo already
+    assert closeup_subject([], size, 0.5) is None
+
+
+class CloseupSegmenter:
+    """A close-up: one couch whose box covers the right 80% of the photo."""
+
+    name = "closeup-segmenter"
+
+    def segment(self, image: Image.Image) -> list[Instance]:
+        w, h = image.size
+        box = Box(0.2 * w, 0, w, h)
+        return [Instance(box, "couch", 0.9, box_mask(box, w, h))]
+
+    def segment_product(self, image: Image.Image) -> list[Instance]:
+        return self.segment(image)
+
+
+def _closeup_photo() -> Image.Image:
+    """Red, blue from x = 110: the couch's crop (x 40-200) is blue at its centre, the whole
+    photo red."""
+    image = Image.new("RGB", (200, 100), RED)
+    image.paste(BLUE, (110, 0, 200, 100))
+    return image
+
+
+def test_a_closeup_is_also_searched_whole_as_its_object(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    def policy(instance: Instance) -> frozenset[str] | None:
+        return frozenset({"chair"}) if instance.label == "couch" else None
+
+    service = _service(tmp_path / "index", session_factory, category_policy=policy)
+    service.segmenter = CloseupSegmenter()
+    photo = _closeup_photo()
+    (group,) = service.search(photo, SearchOptions(k=6)).groups
+    assert group.instance.label == "couch" and group.instance.box == Box(40, 0, 200, 100)
+    assert {h.category for h in group.products} == {"chair"}  # the whole photo too
+    chairs = _skus(world, "chair")
+    box_hits = _brute_force(world, QUERY_BLUE, chairs, 6)
+    whole_hits = _brute_force(world, QUERY_RED, chairs, 6)  # searched as the couch it is
+    best: dict[str, float] = {}
+    for sku, score in box_hits + whole_hits:
+        best[sku] = max(best.get(sku, -2.0), score)
+    merged = sorted(best.items(), key=lambda kv: -kv[1])[:6]
+    assert _ranking(group.products) == _rounded(merged) != _rounded(box_hits)
+    # with the rule off, or for a drawn region, only the box is searched
+    service.settings = service.settings.model_copy(update={"closeup": False})
+    (group,) = service.search(photo, SearchOptions(k=6)).groups
+    assert _ranking(group.products) == _rounded(box_hits)
+    service.settings = service.settings.model_copy(update={"closeup": True})
+    region = Box(40, 0, 200, 100)
+    (group,) = service.search(photo, SearchOptions(k=6, region=region)).groups
+    every = {item.sku for item in world.items}
+    assert _ranking(group.products) == _rounded(_brute_force(world, QUERY_BLUE, every, 6))
+
+
+def test_a_photo_of_several_things_is_not_a_closeup(world: World) -> None:
+    # the fake room: a couch and a lamp, each exactly half of the photo
+    on = world.service.search(_photo(), SearchOptions(k=5))
+    world.service.settings = world.service.settings.model_copy(update={"closeup": False})
+    off = world.service.search(_photo(), SearchOptions(k=5))
+    assert [_ranking(g.products) for g in on.groups] == [_ranking(g.products) for g in off.groups]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from search.evaluation.closeups import CloseupMetrics
 from search.evaluation.metrics import MethodMetrics
 
 HEADLINE_GROUPS = ("furniture", "storage", "all")
@@ -40,6 +41,29 @@ def table(metrics: dict[str, MethodMetrics], groups: Sequence[str] | None = None
     return "\n".join(lines)
 
 
+def closeup_rows(closeups: dict[str, CloseupMetrics]) -> list[list[str]]:
+    """Header and one row per method of the close-up check."""
+    first = next(iter(closeups.values()))
+    ks = list(first.recall_at)
+    rows = [["close-ups: method", "crops"] + [f"R@{k}" for k in ks] + ["groups/crop"]]
+    for name, m in closeups.items():
+        rows.append(
+            [name, str(m.crops)]
+            + [f"{m.recall_at[k]:.3f}" for k in ks]
+            + [f"{m.groups_per_crop:.1f}"]
+        )
+    return rows
+
+
+def closeup_table(closeups: dict[str, CloseupMetrics]) -> str:
+    """The close-up check as a terminal table."""
+    rows = closeup_rows(closeups)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def summary_lines(metrics: dict[str, MethodMetrics]) -> list[str]:
     out = []
     for name, m in metrics.items():
@@ -65,13 +89,22 @@ def gain_line(metrics: dict[str, MethodMetrics], baseline: str, budget: int = 20
     )
 
 
-def to_json(metrics: dict[str, MethodMetrics], meta: dict[str, object]) -> str:
-    return json.dumps(
-        {"meta": meta, "methods": {n: asdict(m) for n, m in metrics.items()}}, indent=2
-    )
+def to_json(
+    metrics: dict[str, MethodMetrics],
+    meta: dict[str, object],
+    closeups: dict[str, CloseupMetrics] | None = None,
+) -> str:
+    body: dict[str, object] = {"meta": meta, "methods": {n: asdict(m) for n, m in metrics.items()}}
+    if closeups:
+        body["closeups"] = {n: asdict(m) for n, m in closeups.items()}
+    return json.dumps(body, indent=2)
 
 
-def to_markdown(metrics: dict[str, MethodMetrics], meta: dict[str, object]) -> str:
+def to_markdown(
+    metrics: dict[str, MethodMetrics],
+    meta: dict[str, object],
+    closeups: dict[str, CloseupMetrics] | None = None,
+) -> str:
     groups = ordered_groups(metrics)
     first = next(iter(metrics.values())).groups[groups[0]]
     ks, budgets = list(first.recall_at), list(first.recall_budget)
@@ -89,6 +122,12 @@ def to_markdown(metrics: dict[str, MethodMetrics], meta: dict[str, object]) -> s
             cells += [f"{gm.recall_at[k]:.3f}" for k in ks]
             cells += [f"{gm.recall_budget[b]:.3f}" for b in budgets]
             lines.append("| " + " | ".join(cells) + " |")
+    if closeups:
+        rows = closeup_rows(closeups)
+        lines += ["", "## Close-ups", ""]
+        lines.append("| " + " | ".join(rows[0]) + " |")
+        lines.append("|" + "---|" * len(rows[0]))
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     return "\n".join(lines) + "\n"
 
 
