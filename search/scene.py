@@ -200,7 +200,7 @@ def _be(n: int) -> str:
     return "is" if n == 1 else "are"
 
 
-_PHRASES = {
+PHRASES = {  # a relation in words (the page writes the same)
     "on": "on",
     "next_to": "next to",
     "overlaps": "overlapping",
@@ -327,7 +327,7 @@ def _facts(
 def _statement(
     subject: _Group, obj: _Group, pred: str, subjects: set[int], objects: set[int]
 ) -> str:
-    phrase = _PHRASES[pred]
+    phrase = PHRASES[pred]
     if subject is obj and pred in SYMMETRIC:
         k = len(subjects | objects)
         return f"{subject.subject(k)} {_be(k)} {phrase} each other"

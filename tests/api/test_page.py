@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from search.scene import PHRASES  # the page writes a relation in the same words
+
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
@@ -32,17 +34,6 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT = Path(os.environ.get("ROOMLENS_SCREENSHOT", "/tmp/roomlens-page.png"))
 SEARCH_TIMEOUT_MS = 120_000  # a room photo on a busy 2-core machine
-PHRASES = {  # a relation in words, as the page writes it
-    "on": "on",
-    "next_to": "next to",
-    "overlaps": "overlapping",
-    "in_front_of": "in front of",
-    "behind": "behind",
-    "left_of": "left of",
-    "right_of": "right of",
-    "above": "above",
-    "below": "below",
-}
 
 
 @pytest.fixture(scope="module")
