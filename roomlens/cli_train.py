@@ -54,3 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_masks)
+
+    from roomlens.cli_train_embedder import register as register_embedder
+
+    register_embedder(tsub)

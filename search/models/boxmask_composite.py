@@ -60,7 +60,7 @@ def catalog_cutouts(
             image = im.convert("RGB")
         if not plain_background(image):
             continue
-        mask = _without_enclosed_background(np.asarray(image), background_difference_mask(image))
+        mask = without_enclosed_background(np.asarray(image), background_difference_mask(image))
         box = box_from_mask(mask) if mask is not None else None
         if mask is None or box is None or box.width < 16 or box.height < 16:
             continue
@@ -70,7 +70,7 @@ def catalog_cutouts(
     return out
 
 
-def _without_enclosed_background(rgb: npt.NDArray[np.uint8], mask: BoolMask) -> BoolMask | None:
+def without_enclosed_background(rgb: npt.NDArray[np.uint8], mask: BoolMask) -> BoolMask | None:
     """`mask` without the background-coloured areas it encloses (between a chair's slats),
     which the catalog's cut-out keeps (each at least 0.5% of the object); None for a product
     mostly of the background's colour (white on white), whose cut-out would be all holes."""

@@ -11,9 +11,9 @@ from PIL import Image
 
 from search.models.boxmask_augment import MIN_VISIBLE, Cutout, cutout, occlude
 from search.models.boxmask_composite import (
-    _without_enclosed_background,
     catalog_cutouts,
     composite,
+    without_enclosed_background,
 )
 from search.types import Box
 
@@ -63,18 +63,18 @@ def _chair_on_white() -> tuple[np.ndarray, np.ndarray]:
 
 def test_enclosed_background_is_cut_out_and_white_on_white_is_refused() -> None:
     rgb, mask = _chair_on_white()
-    solid = _without_enclosed_background(rgb, mask)
+    solid = without_enclosed_background(rgb, mask)
     assert solid is not None
     assert not solid[25:55, 25:55].any() and solid[12:20, 12:68].all()
     white = np.full((80, 80, 3), 255, dtype=np.uint8)
     white[10:70, 10:12] = 40  # a white cabinet: only its edge differs from the background
-    assert _without_enclosed_background(white, mask) is None
+    assert without_enclosed_background(white, mask) is None
 
 
 def test_composite_mask_and_box_agree_and_stay_in_the_photo() -> None:
     background = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     rgb, mask = _chair_on_white()
-    piece = Cutout(rgb[10:70, 10:70], _without_enclosed_background(rgb, mask)[10:70, 10:70])  # type: ignore[index]
+    piece = Cutout(rgb[10:70, 10:70], without_enclosed_background(rgb, mask)[10:70, 10:70])  # type: ignore[index]
     made = [composite(background, piece, np.random.default_rng(s)) for s in range(8)]
     assert any(m is not None for m in made)
     for m in made:
