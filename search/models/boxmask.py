@@ -121,13 +121,30 @@ def prepare(
     return np.ascontiguousarray(normalised, dtype=np.float32), quarter, Crop(rect, geometry)
 
 
-def paste(probability: Array, crop: Crop, shape: tuple[int, int]) -> Array:
-    """A probability map over the square, as a map over the whole photo (0 outside the crop)."""
+def _over_crop(probability: Array, crop: Crop) -> Array:
+    """A probability map over the square, as a map over the crop's rectangle of the photo."""
     new_w, new_h, left, top = crop.geometry
     full = _resize(probability, SIZE, SIZE)[top : top + new_h, left : left + new_w]
     x0, y0, x1, y1 = crop.rect
+    return _resize(full, x1 - x0, y1 - y0)
+
+
+def paste(probability: Array, crop: Crop, shape: tuple[int, int]) -> Array:
+    """A probability map over the square, as a map over the whole photo (0 outside the crop)."""
+    x0, y0, x1, y1 = crop.rect
     out = np.zeros(shape, dtype=np.float32)
-    out[y0:y1, x0:x1] = _resize(full, x1 - x0, y1 - y0)
+    out[y0:y1, x0:x1] = _over_crop(probability, crop)
+    return out
+
+
+def paste_mask(
+    probability: Array, crop: Crop, shape: tuple[int, int], threshold: float
+) -> BoolMask:
+    """`paste(probability, crop, shape) >= threshold`, without the float map of the whole
+    photo (4 bytes a pixel, per box: hundreds of MB for a big photo with many boxes)."""
+    x0, y0, x1, y1 = crop.rect
+    out = np.full(shape, threshold <= 0.0, dtype=bool)  # what 0 outside the crop gives
+    out[y0:y1, x0:x1] = _over_crop(probability, crop) >= threshold
     return out
 
 
@@ -291,6 +308,11 @@ class LiteBoxMasker:
 
     def probabilities(self, image: Image.Image, boxes: Sequence[Box]) -> list[Array]:
         """Per box, the object's probability over the whole photo."""
+        shape = (image.height, image.width)
+        return [paste(square, crop, shape) for square, crop in self._run(image, boxes)]
+
+    def _run(self, image: Image.Image, boxes: Sequence[Box]) -> list[tuple[Array, Crop]]:
+        """Per box, the probabilities over its square and where its crop lies."""
         if not boxes:
             return []
         rgb = np.asarray(image.convert("RGB"))
@@ -298,8 +320,7 @@ class LiteBoxMasker:
         squares = self._squares(
             np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])[:, None]
         )
-        shape = (image.height, image.width)
-        return [paste(sq, crop, shape) for sq, (_, _, crop) in zip(squares, prepared, strict=True)]
+        return [(square, crop) for square, (_, _, crop) in zip(squares, prepared, strict=True)]
 
     def _squares(self, pixels: Array, prompts: Array) -> Array:
         """Probabilities over the square of each crop, (n, S/4, S/4)."""
@@ -315,9 +336,11 @@ class LiteBoxMasker:
         """Per box, the object's mask over the whole photo, inside the box (as Mask R-CNN's
         are: the head sees a margin around the box for context, and an instance's mask never
         leaves its box)."""
+        shape = (image.height, image.width)
         return [
-            (probability >= self.threshold) & box_mask(box, image.width, image.height)
-            for box, probability in zip(boxes, self.probabilities(image, boxes), strict=True)
+            paste_mask(square, crop, shape, self.threshold)
+            & box_mask(box, image.width, image.height)
+            for box, (square, crop) in zip(boxes, self._run(image, boxes), strict=True)
         ]
 
 

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from search.evaluation.masks import load_ground_truth
+from search.masks import box_mask
 from search.models.base import BoxMasker
-from search.models.boxmask import SIZE, LiteBoxMasker, crop_rect, paste, prepare
+from search.models.boxmask import SIZE, LiteBoxMasker, crop_rect, paste, paste_mask, prepare
 from search.models.boxmask_train import (
     TrainOptions,
     build_features,
@@ -58,6 +59,33 @@ def test_random_masker_shapes_dtypes_and_determinism(random_masker: LiteBoxMaske
         assert not mask[outside].any(), "a mask never leaves its box"
     again = LiteBoxMasker(None, threads=1).probabilities(photo, boxes)
     assert all(np.array_equal(a, b) for a, b in zip(probabilities, again, strict=True))
+
+
+def test_masks_are_the_thresholded_probabilities_inside_each_box(
+    random_masker: LiteBoxMasker,
+) -> None:
+    """The masks come box by box, without a float map of the whole photo per box, and are
+    what thresholding those maps gives."""
+    photo = _photo(1)
+    boxes = [Box(10, 5, 60, 70), Box(80, 20, 139, 89), Box(30, 30, 120, 80)]
+    probabilities = random_masker.probabilities(photo, boxes)
+    for threshold in (random_masker.threshold, 0.5):
+        masker = LiteBoxMasker(None, threads=1, threshold=threshold)
+        for box, prob, mask in zip(boxes, probabilities, masker.masks(photo, boxes), strict=True):
+            want = (prob >= threshold) & box_mask(box, photo.width, photo.height)
+            assert np.array_equal(mask, want)
+
+
+def test_paste_mask_is_paste_thresholded() -> None:
+    rng = np.random.default_rng(0)
+    rgb = np.zeros((90, 140, 3), dtype=np.uint8)
+    square = rng.random((SIZE // 4, SIZE // 4), dtype=np.float32)
+    for box in (Box(20, 10, 100, 50), Box(0, 0, 140, 90), Box(130, 80, 140, 90)):
+        _, _, crop = prepare(rgb, box)
+        full = paste(square, crop, (90, 140))
+        for threshold in (0.0, 0.3, 0.7, 1.1):
+            mask = paste_mask(square, crop, (90, 140), threshold)
+            assert mask.dtype == np.bool_ and np.array_equal(mask, full >= threshold)
 
 
 def test_crop_geometry_round_trips() -> None:
