@@ -31,7 +31,7 @@ from PIL import Image
 from search.models.adapter import LinearAdapter
 from search.models.base import Embedder
 from search.models.boxmask_augment import Cutout, occlude
-from search.models.boxmask_composite import FURNITURE, composite, without_enclosed_background
+from search.models.boxmask_composite import FURNITURE, composite, product_cutout
 from search.types import Box, Instance
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,6 @@ def labelled_cutouts(
 ) -> list[LabelledCutout]:
     """Every product of the feed in `categories` (None: all) whose first image is on a plain
     background, cut out of it by background difference, with its sku."""
-    from search.crops import background_difference_mask, plain_background
-    from search.masks import box_from_mask
 
     out: list[LabelledCutout] = []
     for line in feed.read_text().splitlines():
@@ -77,22 +75,9 @@ def labelled_cutouts(
             categories is not None and row.get("category") not in categories
         ):
             continue
-        path = feed.parent / str(row["image"])
-        if not path.is_file():
+        piece = product_cutout(feed.parent / str(row["image"]))
+        if piece is None:
             continue
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-        if not plain_background(image):
-            continue
-        rgb = np.asarray(image)
-        mask = without_enclosed_background(rgb, background_difference_mask(image))
-        box = box_from_mask(mask) if mask is not None else None
-        if mask is None or box is None or box.width < 16 or box.height < 16:
-            continue
-        x0, y0, x1, y1 = box.pixels(image.width, image.height)
-        piece = Cutout(
-            np.ascontiguousarray(rgb[y0:y1, x0:x1]), np.ascontiguousarray(mask[y0:y1, x0:x1])
-        )
         out.append(LabelledCutout(str(row["sku"]), piece))
     return out
 

@@ -41,11 +41,6 @@ def catalog_cutouts(
 ) -> list[Cutout]:
     """Up to `limit` cut-outs of the feed's products in `categories` (a seeded sample), each
     the first image's background difference; photos not on a plain background are skipped."""
-    from PIL import Image
-
-    from search.crops import background_difference_mask, plain_background
-    from search.masks import box_from_mask
-
     rows = [json.loads(line) for line in feed.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("category") in categories and r.get("image")]
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -53,21 +48,34 @@ def catalog_cutouts(
     for i in order:
         if len(out) >= limit:
             break
-        path = feed.parent / str(rows[i]["image"])
-        if not path.is_file():
-            continue
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-        if not plain_background(image):
-            continue
-        mask = without_enclosed_background(np.asarray(image), background_difference_mask(image))
-        box = box_from_mask(mask) if mask is not None else None
-        if mask is None or box is None or box.width < 16 or box.height < 16:
-            continue
-        x0, y0, x1, y1 = box.pixels(image.width, image.height)
-        rgb = np.asarray(image)[y0:y1, x0:x1]
-        out.append(Cutout(np.ascontiguousarray(rgb), np.ascontiguousarray(mask[y0:y1, x0:x1])))
+        piece = product_cutout(feed.parent / str(rows[i]["image"]))
+        if piece is not None:
+            out.append(piece)
     return out
+
+
+def product_cutout(path: Path) -> Cutout | None:
+    """The product of a catalog shot cut out by background difference, without the
+    background it encloses; None for a missing file, a photo not on a plain background, a
+    white-on-white product or a cut-out under 16 px either way."""
+    from PIL import Image
+
+    from search.crops import background_difference_mask, plain_background
+    from search.masks import box_from_mask
+
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        image = im.convert("RGB")
+    if not plain_background(image):
+        return None
+    rgb = np.asarray(image)
+    mask = without_enclosed_background(rgb, background_difference_mask(image))
+    box = box_from_mask(mask) if mask is not None else None
+    if mask is None or box is None or box.width < 16 or box.height < 16:
+        return None
+    x0, y0, x1, y1 = box.pixels(image.width, image.height)
+    return Cutout(np.ascontiguousarray(rgb[y0:y1, x0:x1]), np.ascontiguousarray(mask[y0:y1, x0:x1]))
 
 
 def without_enclosed_background(rgb: npt.NDArray[np.uint8], mask: BoolMask) -> BoolMask | None:
