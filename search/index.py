@@ -291,6 +291,10 @@ class VectorIndex(Protocol):
         """The stored vectors (n, dim) of these ids."""
         ...
 
+    def __contains__(self, item: object) -> bool:
+        """Whether this id is stored."""
+        ...
+
 
 class FaissIndex:
     """`VectorIndex` on a `faiss.IndexIDMap2` over a factory-built inner-product index.

@@ -15,7 +15,7 @@ from search.config import ModelSettings
 from search.crops import MIN_BOX_SIDE, crop_instance, croppable
 from search.errors import InvalidInput
 from search.filters import ProductFilter, fetch_schedule
-from search.index import FaissIndex
+from search.index import VectorIndex
 from search.live import LiveIndex, LoadedIndex
 from search.masks import box_mask, exclusive
 from search.models.base import BoxMasker, Embedder, Segmenter
@@ -233,7 +233,7 @@ class SearchService:
 
     def _widen_empty(
         self,
-        index: FaissIndex,
+        index: VectorIndex,
         vectors: np.ndarray,
         ranked: list[list[ProductHit]],
         filters: Sequence[ProductFilter],
@@ -248,7 +248,7 @@ class SearchService:
         for i, hits in zip(empty, wider, strict=True):
             ranked[i] = hits
 
-    def _product_vectors(self, sku: str, index: FaissIndex) -> np.ndarray:
+    def _product_vectors(self, sku: str, index: VectorIndex) -> np.ndarray:
         with self.session_factory() as session:
             product = catalog.get_product(session=session, sku=sku)
             rows = catalog.product_vector_rows(
@@ -258,7 +258,7 @@ class SearchService:
 
     def _rank(
         self,
-        index: FaissIndex,
+        index: VectorIndex,
         vectors: np.ndarray,
         filters: Sequence[ProductFilter],
         options: SearchOptions,
@@ -368,14 +368,14 @@ def merge_best(lists: Sequence[Sequence[ProductHit]], k: int) -> list[ProductHit
 
 
 def stored_vectors(
-    index: FaissIndex, rows: Sequence[tuple[int | None, bytes | None]], dim: int
+    index: VectorIndex, rows: Sequence[tuple[int | None, bytes | None]], dim: int
 ) -> np.ndarray:
     """The vectors of (vector id, stored bytes) rows, as the live index holds them; when it
     holds none of them (a product newer than the served version), the bytes the database
     keeps. Rows with neither are skipped."""
     served = [vid for vid, _ in rows if vid is not None and vid in index]
     if served:
-        return index.reconstruct(served)
+        return index.reconstruct(np.asarray(served, dtype=np.int64))
     stored = [
         np.frombuffer(raw, dtype=np.float32) for _, raw in rows if raw and len(raw) == dim * 4
     ]
