@@ -1,9 +1,10 @@
 """`roomlens doctor`: check that the database and the published index agree, and say what is
 wrong and what to do about it.
 
-Errors: no published index or one that does not load (missing files, sidecar count, other
-embedder); vector ids in the database but not in the index or the other way round; vectors
-that differ between the two (a sample); instances without a vector; "ok" images without any.
+Errors: no published index or one that does not load (missing files or collection, sidecar
+or metadata count, other embedder), on either index store (FAISS files or Milvus); vector ids
+in the database but not in the index or the other way round; vectors that differ between the
+two (a sample); instances without a vector; "ok" images without any.
 Warnings: images not processed yet or failed, instances of another embedder, runs that were
 interrupted or failed, a published version without a committed build record. While a run
 holds the lock the database is ahead of the index by design: differences are reported as
@@ -28,7 +29,8 @@ from search.config import Settings
 from search.db import InstanceRow, ProductImage, make_engine, make_session_factory
 from search.errors import RoomlensError
 from search.exit_codes import ExitCode
-from search.index import FaissIndex, IndexMeta, current_version, list_versions, load_current
+from search.index import IndexMeta, VectorIndex
+from search.index_store import IndexStore, open_index_store
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +86,21 @@ class Expected:
 
 
 def run_doctor(settings: Settings, expected: Expected, *, sample: int = 256) -> DoctorReport:
-    """Every check, against the database and index that `settings` point at."""
+    """Every check, against the database and the index store (FAISS or Milvus) that
+    `settings` point at."""
     report = DoctorReport()
     engine = make_engine(settings.database_url)
+    store = open_index_store(settings.index)
     try:
         report.busy = not lock_is_free(settings.index.dir / "indexer.lock", engine)
         with make_session_factory(engine)() as session:
             _check_runs(session, report)
             _check_images(session, expected, report)
-            loaded = _check_index(settings, expected, report)
+            loaded = _check_index(store, expected, report)
             if loaded is not None:
                 _check_agreement(session, expected, loaded, report, sample)
     finally:
+        store.close()
         engine.dispose()
     return report
 
@@ -174,22 +179,22 @@ def _check_images(session: Session, expected: Expected, report: DoctorReport) ->
 
 
 def _check_index(
-    settings: Settings, expected: Expected, report: DoctorReport
-) -> tuple[FaissIndex, IndexMeta] | None:
-    root = settings.index.dir
+    store: IndexStore, expected: Expected, report: DoctorReport
+) -> tuple[VectorIndex, IndexMeta] | None:
     try:
-        index, meta = load_current(
-            root, expected_embedder=expected.embedder, expected_dim=expected.dim
+        index, meta = store.load_current(
+            expected_embedder=expected.embedder, expected_dim=expected.dim
         )
+        versions = store.list_versions()
     except RoomlensError as exc:
         report.add("error", "index", str(exc))
         return None
     report.add(
         "ok",
         "index",
-        f"version {meta.version} ({current_version(root)}), {meta.count} vectors, "
+        f"version {meta.version} in {store.describe()}, {meta.count} vectors, "
         f"{meta.factory}, embedder {meta.embedder}, indexed at {meta.indexed_at}; "
-        f"{len(list_versions(root))} version folders",
+        f"{len(versions)} saved versions",
     )
     return index, meta
 
@@ -197,7 +202,7 @@ def _check_index(
 def _check_agreement(
     session: Session,
     expected: Expected,
-    loaded: tuple[FaissIndex, IndexMeta],
+    loaded: tuple[VectorIndex, IndexMeta],
     report: DoctorReport,
     sample: int,
 ) -> None:
@@ -235,7 +240,7 @@ def _check_agreement(
 
 
 def _compare_vectors(
-    session: Session, index: FaissIndex, common: np.ndarray, report: DoctorReport, sample: int
+    session: Session, index: VectorIndex, common: np.ndarray, report: DoctorReport, sample: int
 ) -> None:
     if not common.size or sample < 1:
         return

@@ -36,6 +36,7 @@ from search import catalog
 from search.config import Settings
 from search.db import make_engine, make_session_factory
 from search.fetch import Fetcher, FetchPolicy
+from search.index_store import open_index_store
 from search.models.base import EmbedderId
 from search.models.registry import embedder_identity
 from search.timing import Timer
@@ -349,8 +350,12 @@ class _Run:
     # --- publish and history -----------------------------------------------------------------
 
     def _publish(self, embedder: EmbedderId) -> None:
-        target = PublishTarget(self.settings.index.dir, self.run_id, self.options.keep_versions)
-        published = publish(self.sessions, embedder, target)
+        store = open_index_store(self.settings.index)
+        try:
+            target = PublishTarget(store, self.run_id, self.options.keep_versions)
+            published = publish(self.sessions, embedder, target)
+        finally:
+            store.close()
         self.report.version = published.version
         self.report.vector_count = published.vector_count
         self.report.new_version = published.new

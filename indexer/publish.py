@@ -1,12 +1,14 @@
 """The publish stage: derive a new index version from the database and make it the live one.
 
-Order, each step safe to crash after:
-1. build the index from every active vector of the embedder and save it into a new folder
-   (readers never look at a folder until `CURRENT` names it);
-2. switch `CURRENT` atomically (servers move over at their next search);
+It works on either index store (`search.index_store`): FAISS version folders switched by the
+`CURRENT` file, or Milvus collections switched by an alias. Order, each step safe to crash
+after:
+1. build the index from every active vector of the embedder into a new version and save it
+   (readers never look at a version until the pointer names it);
+2. switch the pointer atomically (servers move over at their next search or poll);
 3. record the build as committed and purge the instances retired by *earlier* runs (the ones
    retired by this run stay until the next one, for servers still on the previous version);
-4. delete version folders older than the `keep` newest.
+4. delete versions older than the `keep` newest.
 
 When the published version already holds exactly the active vectors (nothing changed), no
 new version is written: the run keeps it.
@@ -16,27 +18,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from search import catalog
 from search.errors import IndexNotReady
-from search.index import (
-    FaissIndex,
-    IndexMeta,
-    choose_factory,
-    current_version,
-    new_version_id,
-    prune_versions,
-    publish_current,
-    read_meta,
-    save_index,
-    training_size,
-    utc_now_iso,
-    version_dir,
-)
+from search.index import IndexMeta, new_version_id, utc_now_iso
+from search.index_store import IndexStore
 from search.models.base import EmbedderId
 
 log = logging.getLogger(__name__)
@@ -46,7 +35,7 @@ log = logging.getLogger(__name__)
 class PublishTarget:
     """Where and for what a version is published."""
 
-    root: Path
+    store: IndexStore
     run_id: int
     keep_versions: int = 2
 
@@ -65,7 +54,7 @@ def publish(
     """Bring the live index version in line with the database (see the module docstring)."""
     with sessions() as session:
         stats = catalog.vector_stats(session=session, embedder=embedder.name)
-        unchanged = _matching_version(session, embedder, target.root, stats)
+        unchanged = _matching_version(session, embedder, target.store, stats)
     if unchanged is not None:
         log.info("index version %s already holds the %d vectors", unchanged.version, stats[0])
         _finish(sessions, target, None)
@@ -78,10 +67,10 @@ def _stats_counts(stats: tuple[int, int]) -> dict[str, int]:
 
 
 def _matching_version(
-    session: Session, embedder: EmbedderId, root: Path, stats: tuple[int, int]
+    session: Session, embedder: EmbedderId, store: IndexStore, stats: tuple[int, int]
 ) -> Published | None:
     """The published version when its committed build recorded exactly these vector stats."""
-    version = current_version(root)
+    version = store.current()
     if version is None:
         return None
     build = catalog.get_build(session=session, version=version)
@@ -89,7 +78,7 @@ def _matching_version(
         return None
     recorded = {k: build.counts.get(k) for k in ("vectors", "max_vector_id")}
     try:
-        meta = read_meta(version_dir(root, version))
+        meta = store.read_meta(version)
     except IndexNotReady:
         return None
     if recorded != _stats_counts(stats) or meta.count != stats[0] or meta.dim != embedder.dim:
@@ -103,8 +92,9 @@ def _build_and_switch(
     target: PublishTarget,
     expected: int,
 ) -> Published:
+    store = target.store
     version = new_version_id()
-    factory = choose_factory(expected, embedder.dim)
+    factory = store.choose_factory(expected, embedder.dim)
     with sessions() as session, session.begin():
         catalog.fail_running_builds(session=session)
         build_id = catalog.start_build(
@@ -114,9 +104,9 @@ def _build_and_switch(
             dim=embedder.dim,
             factory=factory,
         ).id
-    needed = training_size(factory, embedder.dim)
+    needed = store.training_size(factory, embedder.dim)
     sample = _training_sample(sessions, embedder, needed) if needed else None
-    index = FaissIndex.create(embedder.dim, factory, train=sample)
+    index = store.create(version, embedder.dim, factory, train=sample)
     top = 0
     with sessions() as session:
         for ids, vectors in catalog.iter_vectors(
@@ -134,8 +124,8 @@ def _build_and_switch(
         indexed_at=utc_now_iso(),
         extra={"run_id": target.run_id},
     )
-    save_index(index, version_dir(target.root, version), meta)
-    publish_current(target.root, version)
+    store.save(index, meta)
+    store.publish(version)
     _finish(sessions, target, (build_id, index.ntotal, (index.ntotal, top)))
     return Published(version, index.ntotal, factory, new=True)
 
@@ -167,7 +157,7 @@ def _finish(
     target: PublishTarget,
     build: tuple[int, int, tuple[int, int]] | None,
 ) -> None:
-    """Commit the build record (when one was made), purge old retired rows, prune folders."""
+    """Commit the build record (when one was made), purge old retired rows, prune versions."""
     with sessions() as session, session.begin():
         if build is not None:
             build_id, count, stats = build
@@ -180,6 +170,6 @@ def _finish(
         purged = catalog.purge_retired(session=session, before_run=target.run_id)
     if purged:
         log.info("purged %d instances retired by earlier runs", purged)
-    deleted = prune_versions(target.root, keep=target.keep_versions)
+    deleted = target.store.prune(keep=target.keep_versions)
     if deleted:
         log.info("deleted %d old index versions", len(deleted))

@@ -186,15 +186,18 @@ def cmd_product(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_index_info(args: argparse.Namespace, settings: Settings) -> int:
     from merchant.admin import index_status
     from search.errors import RoomlensError
-    from search.index import current_version_dir, read_meta
+    from search.index_store import open_index_store
 
     meta, error = None, None
+    store = open_index_store(settings.index)
     try:
-        directory = current_version_dir(settings.index.dir)
-        meta = read_meta(directory) if directory is not None else None
-        error = None if directory is not None else f"no index published in {settings.index.dir}"
+        version = store.current()
+        meta = store.read_meta(version) if version is not None else None
+        error = None if version is not None else f"no index published in {store.describe()}"
     except RoomlensError as exc:
         error = str(exc)
+    finally:
+        store.close()
     with _session(settings) as session:
         status = index_status(session=session, live=meta, merchant=args.merchant)
         build = status.build
@@ -242,9 +245,10 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     from merchant.duplicates import DuplicateOptions, near_duplicates
-    from search.index import load_current
+    from search.index_store import open_index_store
 
-    index, _ = load_current(settings.index.dir)
+    store = open_index_store(settings.index)
+    index, _ = store.load_current()
     options = DuplicateOptions(
         threshold=args.threshold,
         merchant=args.merchant,

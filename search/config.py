@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from search.fetch import FetchPolicy
@@ -104,9 +104,38 @@ class ModelSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
+    """Where the vector index lives. `backend` "faiss" (the default) keeps versioned FAISS
+    files under `dir`; "milvus" keeps one Milvus collection per version behind an alias, e.g.
+    `ROOMLENS_INDEX__BACKEND=milvus ROOMLENS_INDEX__MILVUS_URI=http://milvus:19530`. `dir`
+    still holds the indexer's lock file with either backend."""
+
     dir: Path = REPO_ROOT / "data" / "index"
     feed: Path | None = Field(None, description="default feed for reindex runs started by the API")
     batch_size: int = Field(16, ge=1)
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss: embedded files under `dir`; milvus: a Milvus server"
+    )
+    milvus_uri: str = Field(
+        "",
+        description="http(s)://host:19530 for a Milvus server or cluster, or a local path "
+        "ending in .db for embedded milvus-lite (one process only); '' = DIR/milvus.db",
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus credentials: 'user:password' or an API key (none for lite)"
+    )
+    milvus_db: str = Field("", description="Milvus database name; '' = the server's default")
+    milvus_prefix: str = Field(
+        "roomlens",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="collection names start with it: PREFIX_v_<version>, alias PREFIX_current",
+    )
+    milvus_poll_s: float = Field(
+        1.0, ge=0.0, description="how often a server asks Milvus which version is current"
+    )
+
+    def milvus_target(self) -> str:
+        """The Milvus URI to connect to (the configured one, or the lite file under `dir`)."""
+        return self.milvus_uri or str(self.dir / "milvus.db")
 
 
 class ApiSettings(BaseModel):

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from search.categories import label_policy
 from search.config import Settings
+from search.index_store import open_index_store
 from search.live import LiveIndex
 from search.models.registry import build_embedder, build_masker, build_segmenter
 from search.segmentation import Segmentation
@@ -19,7 +20,7 @@ def build_service(settings: Settings, session_factory: Callable[[], Session]) ->
     embedder = build_embedder(settings.models)
     masker = build_masker(settings.models)  # one model for the segmenter and drawn regions
     segmenter = build_segmenter(settings.models, masker=masker)
-    live = LiveIndex(settings.index.dir, embedder=embedder.name, dim=embedder.dim)
+    live = build_live_index(settings, embedder=embedder.name, dim=embedder.dim)
     return SearchService(
         segmenter=segmenter,
         embedder=embedder,
@@ -29,6 +30,11 @@ def build_service(settings: Settings, session_factory: Callable[[], Session]) ->
         category_policy=label_policy() if settings.models.category_aware else None,
         masker=masker,
     )
+
+
+def build_live_index(settings: Settings, *, embedder: str, dim: int) -> LiveIndex:
+    """The live index on the configured store (FAISS files, or Milvus), for this embedder."""
+    return LiveIndex(open_index_store(settings.index), embedder=embedder, dim=dim)
 
 
 def build_segmentation(settings: Settings) -> Segmentation:

@@ -145,6 +145,11 @@ def new_version_id() -> str:
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond:06d}Z-{secrets.token_hex(3)}"
 
 
+def is_generated_version(version: str) -> bool:
+    """Whether `version` has the form `new_version_id` makes (and so sorts by time)."""
+    return _GENERATED_RE.match(version) is not None
+
+
 # --------------------------------------------------------------------------- factories
 
 
@@ -271,15 +276,15 @@ class VectorIndex(Protocol):
         """Number of stored vectors."""
         ...
 
-    def add(self, ids: IdArray, vectors: Vectors) -> None:
+    def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
         """Store `vectors` (n, dim) under `ids` (n,); ids must be new."""
         ...
 
-    def remove(self, ids: IdArray) -> int:
+    def remove(self, ids: npt.ArrayLike) -> int:
         """Delete these ids (unknown ones are ignored); returns how many were removed."""
         ...
 
-    def search(self, queries: Vectors, k: int) -> tuple[Scores, IdArray]:
+    def search(self, queries: npt.ArrayLike, k: int) -> tuple[Scores, IdArray]:
         """Top-k (scores (m, k) float32, ids (m, k) int64), best first, padded -inf / -1."""
         ...
 
@@ -287,7 +292,7 @@ class VectorIndex(Protocol):
         """Every stored id (int64)."""
         ...
 
-    def reconstruct(self, ids: IdArray) -> Vectors:
+    def reconstruct(self, ids: npt.ArrayLike) -> Vectors:
         """The stored vectors (n, dim) of these ids."""
         ...
 
@@ -648,7 +653,7 @@ def save_index(index: FaissIndex, directory: Path, meta: IndexMeta) -> None:
     overwriting the published folder in place is allowed but not crash-safe (the old sidecar
     is removed first, so a crash leaves that folder "not ready" rather than inconsistent).
     """
-    _check_meta_matches(index, meta)
+    check_meta_matches(index, index.factory, meta)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vectors_path, sidecar_path = directory / VECTORS_FILE, directory / SIDECAR_FILE
@@ -666,8 +671,8 @@ def save_index(index: FaissIndex, directory: Path, meta: IndexMeta) -> None:
     logger.info("saved index %s (%d vectors) to %s", meta.version, meta.count, directory)
 
 
-def _check_meta_matches(index: FaissIndex, meta: IndexMeta) -> None:
-    """Raise ValueError when `meta` does not describe `index`."""
+def check_meta_matches(index: VectorIndex, factory: str, meta: IndexMeta) -> None:
+    """Raise ValueError when `meta` does not describe `index` (built from `factory`)."""
     problems = []
     if meta.count != index.ntotal:
         problems.append(f"count {meta.count} != ntotal {index.ntotal}")
@@ -675,8 +680,8 @@ def _check_meta_matches(index: FaissIndex, meta: IndexMeta) -> None:
         problems.append(f"dim {meta.dim} != index dim {index.dim}")
     if meta.metric != METRIC:
         problems.append(f"metric {meta.metric!r} != {METRIC!r}")
-    if meta.factory != index.factory:
-        problems.append(f"factory {meta.factory!r} != index factory {index.factory!r}")
+    if meta.factory != factory:
+        problems.append(f"factory {meta.factory!r} != index factory {factory!r}")
     if problems:
         raise ValueError("IndexMeta does not match the index: " + "; ".join(problems))
 
@@ -719,7 +724,7 @@ def load_index(
     """
     directory = Path(directory)
     meta, size = _read_sidecar(directory)
-    _check_expected(meta, directory, expected_embedder, expected_dim)
+    check_expected(meta, directory, expected_embedder, expected_dim)
     vectors_path = directory / VECTORS_FILE
     try:
         actual_size = vectors_path.stat().st_size
@@ -744,17 +749,16 @@ def load_index(
     return index, meta
 
 
-def _check_expected(
-    meta: IndexMeta, directory: Path, embedder: str | None, dim: int | None
-) -> None:
-    """Raise ModelMismatch when the sidecar's embedder/dim differ from the configured ones."""
+def check_expected(meta: IndexMeta, where: object, embedder: str | None, dim: int | None) -> None:
+    """Raise ModelMismatch when the metadata's embedder/dim differ from the configured ones
+    (`where` names the index in the message: its folder, or its Milvus collection)."""
     if (embedder is None or meta.embedder == embedder) and (dim is None or meta.dim == dim):
         return
     want = f"embedder {embedder!r}" if embedder is not None else "the configured embedder"
     if dim is not None:
         want += f" (dim {dim})"
     raise ModelMismatch(
-        f"index in {directory} was built with embedder {meta.embedder!r} (dim {meta.dim}) "
+        f"index in {where} was built with embedder {meta.embedder!r} (dim {meta.dim}) "
         f"but {want} is configured; rebuild it with `roomlens index FEED.jsonl` "
         f"or configure embedder {meta.embedder!r}"
     )

@@ -7,7 +7,7 @@ from dataclasses import replace
 from api.state import AppState
 from search.config import Settings
 from search.db import make_engine, make_session_factory
-from search.live import LiveIndex
+from search.factory import build_live_index
 from search.service import SearchService
 
 
@@ -19,7 +19,7 @@ def state_for(loaded: AppState, settings: Settings) -> AppState:
     service = SearchService(
         segmenter=loaded.service.segmenter,
         embedder=embedder,
-        live_index=LiveIndex(settings.index.dir, embedder=embedder.name, dim=embedder.dim),
+        live_index=build_live_index(settings, embedder=embedder.name, dim=embedder.dim),
         session_factory=sessions,
         settings=settings.models,
     )

@@ -1,12 +1,16 @@
-"""FaissIndex against the numpy reference, persistence, versions and atomicity."""
+"""The vector indexes against the numpy reference (FAISS, and Milvus on milvus-lite), then
+the FAISS files: persistence, versions and atomicity (tests/test_index_store.py runs the
+version store tests on both backends)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from search import index as index_mod
@@ -27,8 +31,49 @@ from search.index import (
     save_index,
     utc_now_iso,
 )
+from search.milvus_index import MilvusIndex, MilvusIndexStore
+from tests.milvus_server import lite_server, lite_store
 
 DIM = 32
+
+#: the same kind of index on each backend (factory strings as each store records them)
+FACTORIES = {
+    "faiss": {"exact": "Flat", "hnsw": "HNSW32,Flat", "ivf16": "IVF16,Flat"},
+    "milvus": {
+        "exact": "FLAT",
+        "hnsw": "HNSW,M=32,efConstruction=80",
+        "ivf16": "IVF_FLAT,nlist=16",
+    },
+}
+
+NewIndex = Callable[..., VectorIndex]
+
+
+@pytest.fixture(scope="module")
+def milvus_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusIndexStore]:
+    """One milvus-lite server for the module, one prefix."""
+    with lite_server(tmp_path_factory.mktemp("milvus")) as uri:
+        store = lite_store(uri)
+        yield store
+        store.close()
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def new_index(request: pytest.FixtureRequest) -> NewIndex:
+    """`new_index(kind="exact", dim=DIM, train=None)`: an empty index of that kind on the
+    backend under test (a FaissIndex, or a MilvusIndex over a fresh collection)."""
+    backend: str = request.param
+
+    def make(
+        kind: str = "exact", dim: int = DIM, train: npt.ArrayLike | None = None
+    ) -> VectorIndex:
+        factory = FACTORIES[backend][kind]
+        if backend == "faiss":
+            return FaissIndex.create(dim, factory, train=train)
+        store: MilvusIndexStore = request.getfixturevalue("milvus_store")
+        return store.create(new_version_id(), dim, factory)
+
+    return make
 
 
 def random_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
@@ -41,6 +86,17 @@ def build(
     vectors = random_vectors(n, seed=seed)
     ids = np.arange(n, dtype=np.int64) * 7 + 1000
     idx = FaissIndex.create(DIM, factory)
+    idx.add(ids, vectors)
+    return idx, ids, vectors
+
+
+def build_on(
+    new_index: NewIndex, n: int, kind: str = "exact", seed: int = 0
+) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """`build` on the backend under test."""
+    vectors = random_vectors(n, seed=seed)
+    ids = np.arange(n, dtype=np.int64) * 7 + 1000
+    idx = new_index(kind)
     idx.add(ids, vectors)
     return idx, ids, vectors
 
@@ -75,8 +131,8 @@ def assert_same_results(
 # --------------------------------------------------------------------------- search
 
 
-def test_faiss_index_satisfies_protocol() -> None:
-    assert isinstance(FaissIndex.create(8), VectorIndex)
+def test_indexes_satisfy_the_protocol(new_index: NewIndex) -> None:
+    assert isinstance(new_index(dim=8), VectorIndex)
 
 
 def test_choose_factory() -> None:
@@ -89,8 +145,8 @@ def test_choose_factory() -> None:
         choose_factory(10, 0)
 
 
-def test_flat_matches_brute_force() -> None:
-    idx, ids, vectors = build(2000)
+def test_flat_matches_brute_force(new_index: NewIndex) -> None:
+    idx, ids, vectors = build_on(new_index, 2000)
     queries = random_vectors(50, seed=1)
     for k in (1, 10, 37):
         assert_same_results(idx.search(queries, k), brute_force_search(vectors, ids, queries, k))
@@ -99,10 +155,10 @@ def test_flat_matches_brute_force() -> None:
     assert found[0, 0] == ids[5] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_hnsw_recall_against_brute_force() -> None:
+def test_hnsw_recall_against_brute_force(new_index: NewIndex) -> None:
     n, k = 5000, 10
-    idx, ids, vectors = build(n, "HNSW32,Flat")
-    assert idx.is_hnsw
+    idx, ids, vectors = build_on(new_index, n, "hnsw")
+    assert not isinstance(idx, FaissIndex) or idx.is_hnsw
     queries = random_vectors(200, seed=2)
     _, got = idx.search(queries, k)
     _, want = brute_force_search(vectors, ids, queries, k)
@@ -110,8 +166,8 @@ def test_hnsw_recall_against_brute_force() -> None:
     assert recall >= 0.95, recall
 
 
-def test_padding_when_k_exceeds_ntotal() -> None:
-    idx, ids, vectors = build(3)
+def test_padding_when_k_exceeds_ntotal(new_index: NewIndex) -> None:
+    idx, ids, vectors = build_on(new_index, 3)
     scores, found = idx.search(random_vectors(2, seed=3), 5)
     assert scores.shape == found.shape == (2, 5)
     assert np.all(found[:, 3:] == -1) and np.all(np.isneginf(scores[:, 3:]))
@@ -119,14 +175,14 @@ def test_padding_when_k_exceeds_ntotal() -> None:
     assert_same_results(
         (scores, found), brute_force_search(vectors, ids, random_vectors(2, seed=3), 5)
     )
-    empty = FaissIndex.create(DIM)
+    empty = new_index()
     scores, found = empty.search(random_vectors(4, seed=4), 2)
     assert found.shape == (4, 2) and np.all(found == -1) and np.all(np.isneginf(scores))
 
 
-def test_add_remove_readd_flat_and_hnsw() -> None:
-    for factory in ("Flat", "HNSW32,Flat"):
-        idx, ids, vectors = build(300, factory)
+def test_add_remove_readd_flat_and_hnsw(new_index: NewIndex) -> None:
+    for kind in ("exact", "hnsw"):
+        idx, ids, vectors = build_on(new_index, 300, kind)
         gone = ids[[0, 10, 20]]
         assert idx.remove(np.concatenate([gone, [999_999_999]])) == 3
         assert idx.remove(gone) == 0
@@ -138,7 +194,7 @@ def test_add_remove_readd_flat_and_hnsw() -> None:
         keep = ~np.isin(ids, gone)
         np.testing.assert_array_equal(idx.reconstruct(ids[keep][:5]), vectors[keep][:5])
         queries = random_vectors(20, seed=5)
-        if factory == "Flat":
+        if kind == "exact":
             assert_same_results(
                 idx.search(queries, 10), brute_force_search(vectors[keep], ids[keep], queries, 10)
             )
@@ -149,16 +205,16 @@ def test_add_remove_readd_flat_and_hnsw() -> None:
         assert int(gone[0]) in idx
 
 
-def test_reconstruct() -> None:
-    idx, ids, vectors = build(50)
+def test_reconstruct(new_index: NewIndex) -> None:
+    idx, ids, vectors = build_on(new_index, 50)
     np.testing.assert_array_equal(idx.reconstruct(ids[[3, 1, 40]]), vectors[[3, 1, 40]])
     assert idx.reconstruct(np.array([], dtype=np.int64)).shape == (0, DIM)
     with pytest.raises(ValueError, match="not in the index"):
         idx.reconstruct([ids[0], 5])
 
 
-def test_input_validation() -> None:
-    idx, ids, vectors = build(10)
+def test_input_validation(new_index: NewIndex) -> None:
+    idx, ids, vectors = build_on(new_index, 10)
     with pytest.raises(ValueError, match="shape"):
         idx.add([1], np.zeros((1, DIM + 1), np.float32))
     with pytest.raises(ValueError, match="NaN"):
@@ -387,13 +443,17 @@ def test_crash_while_overwriting_in_place_never_mixes_files(
 
 
 def test_ivf_needs_training_and_finds_the_nearest_vectors() -> None:
-    vectors = random_vectors(4000, seed=3)
-    ids = np.arange(4000, dtype=np.int64) + 10
     assert index_mod.training_size("IVF16,Flat", DIM) == 16 * index_mod.IVF_TRAIN_PER_LIST
     assert index_mod.training_size("Flat", DIM) == 0
     with pytest.raises(ValueError, match="needs training"):
         FaissIndex.create(DIM, "IVF16,Flat")
-    idx = FaissIndex.create(DIM, "IVF16,Flat", train=vectors[:1000])
+
+
+def test_ivf_finds_the_nearest_vectors(new_index: NewIndex) -> None:
+    vectors = random_vectors(4000, seed=3)
+    ids = np.arange(4000, dtype=np.int64) + 10
+    idx = new_index("ivf16", train=vectors[:1000])  # Milvus trains on the server
+    assert isinstance(idx, FaissIndex | MilvusIndex)
     idx.add(ids, vectors)
     queries = random_vectors(50, seed=4)
     idx.nprobe = 16  # every list: exact

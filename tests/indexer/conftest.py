@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ from sqlalchemy import select
 from indexer.stages import IndexModels
 from search.config import IndexSettings, Settings
 from search.db import InstanceRow, Product, ProductImage, make_engine, make_session_factory
-from search.index import FaissIndex, load_current
+from search.index import VectorIndex
+from search.index_store import open_index_store
+from tests.milvus_server import lite_server, unique_prefix
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +65,45 @@ class FeedDir:
         shutil.copyfile(self.sample_dir / self.rows[with_sku]["image"], self.image_path(sku))
 
 
-def make_settings(db_url: str, root: Path) -> Settings:
-    return Settings(database_url=db_url, index=IndexSettings(dir=root / "index"))
+def make_settings(db_url: str, root: Path, *, like: Settings | None = None) -> Settings:
+    """Settings on this database and an index under `root`, on the index backend of `like`
+    (FAISS when None; on Milvus, the same server under a new collection prefix)."""
+    index = IndexSettings(dir=root / "index")
+    if like is not None and like.index.backend == "milvus":
+        index = milvus_index_settings(root, like.index.milvus_uri)
+    return Settings(database_url=db_url, index=index)
+
+
+def milvus_index_settings(root: Path, uri: str) -> IndexSettings:
+    """The Milvus backend on the server at `uri`, under a collection prefix of its own; the
+    indexer lock stays under `root`. Servers ask for the current version on every search."""
+    return IndexSettings(
+        dir=root / "index",
+        backend="milvus",
+        milvus_uri=uri,
+        milvus_prefix=unique_prefix(),
+        milvus_poll_s=0.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A milvus-lite server for the whole session (tests/milvus_server.py)."""
+    with lite_server(tmp_path_factory.mktemp("milvus")) as uri:
+        yield uri
+
+
+def backend_settings(request: pytest.FixtureRequest, db_url: str, root: Path) -> Settings:
+    """`make_settings` on the index backend a test asks for with
+    `@pytest.mark.parametrize("settings", ["faiss", "milvus"], indirect=True)` (FAISS when it
+    does not). Milvus runs on SQLite only: the database code is the same for both backends."""
+    backend = getattr(request, "param", "faiss")
+    if backend == "faiss":
+        return make_settings(db_url, root)
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the Milvus backend is tested on SQLite (the database side is shared)")
+    uri: str = request.getfixturevalue("milvus_uri")
+    return Settings(database_url=db_url, index=milvus_index_settings(root, uri))
 
 
 @pytest.fixture
@@ -74,9 +113,10 @@ def feed(tmp_path: Path, sample_dir: Path, catalog_rows: list[dict[str, Any]]) -
 
 
 @pytest.fixture
-def settings(db_url: str, tmp_path: Path) -> Settings:
-    """Settings on the test's database (SQLite or PostgreSQL) and an index in its temp folder."""
-    return make_settings(db_url, tmp_path)
+def settings(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Settings:
+    """Settings on the test's database (SQLite or PostgreSQL) and an index in its temp folder
+    (FAISS files, or Milvus when the test parametrizes `settings` indirectly with "milvus")."""
+    return backend_settings(request, db_url, tmp_path)
 
 
 @dataclass
@@ -86,7 +126,7 @@ class IndexState:
     vectors: dict[str, np.ndarray]
     db_ids: list[int]
     index_ids: list[int]
-    index: FaissIndex
+    index: VectorIndex
     version: str
 
     def assert_consistent(self) -> None:
@@ -121,7 +161,7 @@ def read_state(settings: Settings) -> IndexState:
     vectors: dict[str, list[np.ndarray]] = {sku: [] for sku in skus}
     for sku, _, raw in rows:
         vectors[sku].append(np.frombuffer(raw, dtype=np.float32))
-    index, meta = load_current(settings.index.dir)
+    index, meta = open_index_store(settings.index).load_current()  # open while `index` is used
     return IndexState(
         vectors={k: np.stack(v) if v else np.zeros((0, 1)) for k, v in vectors.items()},
         db_ids=sorted(int(r[1]) for r in rows),

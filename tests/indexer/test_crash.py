@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-import indexer.publish
 from indexer.doctor import Expected, run_doctor
 from indexer.pipeline import IndexOptions, run_index
 from indexer.stages import IndexModels
 from search.config import Settings
 from search.db import IndexBuild, IndexRun, make_engine, make_session_factory, migrate
-from search.index import current_version
+from search.index_store import FileIndexStore, open_index_store
+from search.milvus_index import MilvusIndexStore
 from tests.indexer.conftest import FeedDir, make_settings, read_state
 
 pytestmark = pytest.mark.slow
@@ -48,10 +48,14 @@ def _all_runs(settings: Settings) -> list[IndexRun]:
 
 
 def _start_indexer(settings: Settings, feed: Path) -> subprocess.Popen[bytes]:
+    index = settings.index
     env = {
         **os.environ,
         "ROOMLENS_DATABASE_URL": settings.database_url,
-        "ROOMLENS_INDEX__DIR": str(settings.index.dir),
+        "ROOMLENS_INDEX__DIR": str(index.dir),
+        "ROOMLENS_INDEX__BACKEND": index.backend,
+        "ROOMLENS_INDEX__MILVUS_URI": index.milvus_uri,  # the test's milvus-lite server
+        "ROOMLENS_INDEX__MILVUS_PREFIX": index.milvus_prefix,
     }
     command = [sys.executable, "-m", "roomlens.cli_index", "index", str(feed)]
     command += ["--batch-size", "1", "--model-batch", "1", "--model-workers", "1", "--no-progress"]
@@ -65,6 +69,10 @@ def _start_indexer(settings: Settings, feed: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         preexec_fn=lambda: os.nice(19),
     )
+
+
+def current_version(settings: Settings) -> str | None:
+    return open_index_store(settings.index).current()
 
 
 def _kill_after_first_batch(settings: Settings, process: subprocess.Popen[bytes]) -> IndexRun:
@@ -84,6 +92,7 @@ def _kill_after_first_batch(settings: Settings, process: subprocess.Popen[bytes]
     raise AssertionError("the indexer never committed a batch")
 
 
+@pytest.mark.parametrize("settings", ["faiss", "milvus"], indirect=True)
 def test_kill_9_mid_run_then_run_again_equals_a_clean_run(
     settings: Settings,
     tmp_path: Path,
@@ -93,7 +102,7 @@ def test_kill_9_mid_run_then_run_again_equals_a_clean_run(
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:10]]
     run_index(feed.write(skus[:6]), settings=settings, options=OPTIONS, models=index_models)
-    served = current_version(settings.index.dir)
+    served = current_version(settings)
 
     # the next feed changes two photos, drops one product and adds four
     feed.replace_image(skus[1], with_sku=skus[8])
@@ -103,7 +112,7 @@ def test_kill_9_mid_run_then_run_again_equals_a_clean_run(
     killed = _kill_after_first_batch(settings, process)
     committed = killed.counts["images_processed"]
     assert process.returncode == -signal.SIGKILL and 1 <= committed < 6
-    assert current_version(settings.index.dir) == served, "the live version is untouched"
+    assert current_version(settings) == served, "the live version is untouched"
     expected = Expected(index_models.embedder.name, index_models.embedder.dim)
     broken = run_doctor(settings, expected)
     assert broken.exit_code == 1, broken.summary()
@@ -115,7 +124,7 @@ def test_kill_9_mid_run_then_run_again_equals_a_clean_run(
     statuses = [r.status for r in _all_runs(settings)]
     assert statuses == ["succeeded", "interrupted", "succeeded"]
 
-    clean = make_settings(f"sqlite:///{tmp_path / 'clean.db'}", tmp_path / "clean")
+    clean = make_settings(f"sqlite:///{tmp_path / 'clean.db'}", tmp_path / "clean", like=settings)
     migrate(clean.database_url)
     run_index(path, settings=clean, options=OPTIONS, models=index_models)
     state = read_state(settings)
@@ -125,6 +134,7 @@ def test_kill_9_mid_run_then_run_again_equals_a_clean_run(
     assert healed.exit_code == 0, healed.summary()
 
 
+@pytest.mark.parametrize("settings", ["faiss", "milvus"], indirect=True)
 def test_a_run_that_dies_while_publishing_is_caught_up_by_the_next(
     settings: Settings,
     feed: FeedDir,
@@ -134,12 +144,13 @@ def test_a_run_that_dies_while_publishing_is_caught_up_by_the_next(
 ) -> None:
     skus = [row["sku"] for row in catalog_rows[:3]]
     run_index(feed.write(skus[:2]), settings=settings, options=OPTIONS, models=index_models)
-    served = current_version(settings.index.dir)
+    served = current_version(settings)
 
-    def no_space(root: Path, version: str) -> None:
-        raise OSError(28, "No space left on device")
+    def no_space(store: object, version: str) -> None:
+        raise OSError(28, "No space left on device")  # the switch of the pointer fails
 
-    monkeypatch.setattr(indexer.publish, "publish_current", no_space)
+    store_class = MilvusIndexStore if settings.index.backend == "milvus" else FileIndexStore
+    monkeypatch.setattr(store_class, "publish", no_space)
     with pytest.raises(OSError):
         run_index(feed.write(skus), settings=settings, options=OPTIONS, models=index_models)
     monkeypatch.undo()
@@ -148,7 +159,7 @@ def test_a_run_that_dies_while_publishing_is_caught_up_by_the_next(
         "failed",
         "OSError: [Errno 28] No space left on device",
     )
-    assert current_version(settings.index.dir) == served
+    assert current_version(settings) == served
     expected = Expected(index_models.embedder.name, index_models.embedder.dim)
     assert run_doctor(settings, expected).exit_code == 1
 

@@ -16,21 +16,25 @@ from roomlens.cli_index import main as cli_main
 from search.config import Settings
 from search.db import InstanceRow, ProductImage, make_engine, make_session_factory
 from search.index import CURRENT_FILE
-from tests.indexer.conftest import FeedDir, make_settings
+from search.index_store import open_index_store
+from search.milvus_index import MilvusIndexStore
+from tests.indexer.conftest import FeedDir, backend_settings
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def indexed(
+    request: pytest.FixtureRequest,
     db_url: str,
     tmp_path: Path,
     sample_dir: Path,
     catalog_rows: list[dict[str, Any]],
     index_models: IndexModels,
 ) -> Settings:
+    """Three products indexed, on FAISS files (or on Milvus: parametrize `indexed` with it)."""
     feed = FeedDir(tmp_path / "feed", sample_dir, catalog_rows)
-    settings = make_settings(db_url, tmp_path)
+    settings = backend_settings(request, db_url, tmp_path)
     path = feed.write([row["sku"] for row in catalog_rows[:3]])
     run_index(path, settings=settings, options=IndexOptions(progress=False), models=index_models)
     return settings
@@ -52,6 +56,7 @@ def _messages(report: DoctorReport) -> str:
     return "\n".join(str(f) for f in report.errors)
 
 
+@pytest.mark.parametrize("indexed", ["faiss", "milvus"], indirect=True)
 def test_a_healthy_catalog(indexed: Settings, index_models: IndexModels) -> None:
     report = _doctor(indexed, index_models)
     assert report.exit_code == 0 and not report.errors, report.summary()
@@ -59,6 +64,7 @@ def test_a_healthy_catalog(indexed: Settings, index_models: IndexModels) -> None
     assert "3 sampled vectors are identical" in report.summary()
 
 
+@pytest.mark.parametrize("indexed", ["faiss", "milvus"], indirect=True)
 def test_vectors_missing_on_either_side(indexed: Settings, index_models: IndexModels) -> None:
     first = select(InstanceRow.id).order_by(InstanceRow.id).limit(1).scalar_subquery()
     _execute(indexed, delete(InstanceRow).where(InstanceRow.id == first))
@@ -74,11 +80,16 @@ def test_vectors_that_differ(indexed: Settings, index_models: IndexModels) -> No
     assert "3 of 3 sampled vectors differ" in _messages(report)
 
 
+@pytest.mark.parametrize("indexed", ["faiss", "milvus"], indirect=True)
 def test_no_index_or_another_embedder(indexed: Settings, index_models: IndexModels) -> None:
     other = _doctor(indexed, index_models, embedder="efficientnet-lite2")
     assert f"built with embedder '{index_models.embedder.name}'" in _messages(other)
     _execute(indexed, update(ProductImage).values(status="pending"))
-    (indexed.index.dir / CURRENT_FILE).unlink()
+    store = open_index_store(indexed.index)
+    if isinstance(store, MilvusIndexStore):
+        store.client.drop_alias(store.alias)
+    else:
+        (indexed.index.dir / CURRENT_FILE).unlink()
     report = _doctor(indexed, index_models)
     assert "no published index" in _messages(report)
     assert any("3 images not processed yet" in str(f) for f in report.findings)

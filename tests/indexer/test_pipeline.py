@@ -43,6 +43,7 @@ def _doctor_ok(settings: Any, models: IndexModels) -> None:
     assert report.exit_code == 0, report.summary()
 
 
+@pytest.mark.parametrize("settings", ["faiss", "milvus"], indirect=True)
 def test_incremental_run_gives_the_same_index_as_a_full_run(
     settings: Settings,
     tmp_path: Path,
@@ -72,7 +73,9 @@ def test_incremental_run_gives_the_same_index_as_a_full_run(
     for sku in skus[2:6]:  # unchanged images keep their vectors and ids
         assert np.array_equal(after.vectors[sku], before.vectors[sku])
 
-    reference = make_settings(f"sqlite:///{tmp_path / 'reference.db'}", tmp_path / "reference")
+    reference = make_settings(
+        f"sqlite:///{tmp_path / 'reference.db'}", tmp_path / "reference", like=settings
+    )
     from search.db import migrate
 
     migrate(reference.database_url)

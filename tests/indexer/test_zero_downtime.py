@@ -1,6 +1,6 @@
 """Zero downtime: the API answers searches from the old index version throughout a reindex
 (even a --full one, which replaces every vector) and serves the new version once it is
-published, without a restart."""
+published, without a restart; on the FAISS files and on Milvus (the alias moves)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class _PausingEmbedder:
 
 @pytest.fixture
 def app_state(base_state: AppState, settings: Settings) -> Iterator[AppState]:
-    state = state_for(base_state, settings)
+    state = state_for(base_state, settings)  # the live index on the configured store
     yield state
     state.engine.dispose()
 
@@ -63,6 +63,7 @@ def _search(client: TestClient, photo: Path) -> tuple[str, list[str]]:
     return body["index"]["version"], skus
 
 
+@pytest.mark.parametrize("settings", ["faiss", "milvus"], indirect=True)
 def test_searches_are_answered_throughout_a_reindex_then_the_new_version_is_served(
     app_state: AppState,
     feed: FeedDir,
