@@ -24,6 +24,7 @@ PLUGINS = (
     "roomlens.cli_label",
     "roomlens.cli_colors",
     "roomlens.cli_segment",
+    "roomlens.cli_quantize",
 )
 
 

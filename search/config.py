@@ -79,6 +79,12 @@ class ModelSettings(BaseModel):
         "auto",
         description="EfficientNet-Lite runtime: auto = onnxruntime on the CPU, torch on a GPU",
     )
+    precision: Literal["int8", "fp32"] = Field(
+        "int8",
+        description="int8: onnxruntime runs the committed int8 copies of the pretrained "
+        "EfficientNet-Lite0/Lite2 (data/models/, `roomlens quantize`; vectors within a cosine "
+        "of ~0.995 of fp32, ~2x faster); fp32 elsewhere and with fp32",
+    )
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = Field(
         None,

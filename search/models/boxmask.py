@@ -53,6 +53,10 @@ THRESHOLD = 0.3  # 4-fold: best of 0.3, 0.4, 0.5 on all four folds (docs/MASKS.m
 WEIGHTS_FILE = "box-mask-lite0.pt"
 # sha256 of the committed weights (data/models/README.md); a file that differs is refused
 WEIGHTS_SHA256 = "8cdc8348d95bbe39480d3a47a19c6372603d691bae5031ffb9fa363f97362d37"
+# The committed int8 copy of the network with these weights (`roomlens quantize`,
+# search/models/quantize.py) and its sha256 on the card
+INT8_FILE = "box-mask-lite0-int8.onnx"
+INT8_SHA256 = "7d4afbd77797ca42049acb416ed7b85793bc909bbc332a3913796ee35ae8274b"
 FROZEN_BLOCKS = 8
 TAPS = (2, 4, 7)  # frozen blocks whose outputs feed the decoder: strides 4, 8, 16
 CL = torch.channels_last
@@ -282,9 +286,15 @@ class LiteBoxMasker:
         threshold: float = THRESHOLD,
         expected_sha256: str | None = WEIGHTS_SHA256,
         runtime: str = "onnx",
+        int8: Path | None = None,
     ) -> None:
         """`runtime` "onnx" runs the network in onnxruntime (exported at load, ~1 s; 2-3x
-        faster than torch eager on the CPU), "torch" in torch eager."""
+        faster than torch eager on the CPU), "torch" in torch eager. `int8`: onnxruntime runs
+        that committed int8 copy of the network instead (only of the weights on the card)."""
+        if int8 is not None and (
+            weights is None or runtime != "onnx" or expected_sha256 != WEIGHTS_SHA256
+        ):
+            raise ValueError("the int8 copy is of the committed weights, run by onnxruntime")
         set_torch_threads(threads)
         net = lite0(pretrained=True)
         self.frozen = Frozen(net).to(memory_format=CL).eval()
@@ -294,8 +304,17 @@ class LiteBoxMasker:
         if weights is not None:
             self._load(weights, expected_sha256)
         self._session = None
-        if runtime == "onnx":
-            self._session = cpu_session(_export(_Network(self.frozen, self.head)), threads)
+        self.precision = "int8" if int8 is not None else "fp32"
+        if int8 is not None:
+            from search.models.quantize import read_quantized
+
+            self._session = cpu_session(read_quantized(int8, INT8_SHA256), threads)
+        elif runtime == "onnx":
+            self._session = cpu_session(self.export(), threads)
+
+    def export(self) -> bytes:
+        """The network (frozen blocks and head) as an ONNX model, as onnxruntime runs it."""
+        return _export(_Network(self.frozen, self.head))
 
     def _load(self, path: Path, expected: str | None) -> None:
         if not path.is_file():

@@ -80,6 +80,19 @@ Mask = npt.NDArray[np.floating] | npt.NDArray[np.bool_]
 RUNTIMES = ("auto", "onnx", "torch")
 ONNX_OPSET = 17
 
+# The committed int8 copies of the pretrained networks (`roomlens quantize`, search/models/
+# quantize.py): file name under data/models/ and the sha256 on its card (data/models/README.md).
+INT8_FILES: dict[int, tuple[str, str]] = {
+    0: (
+        "efficientnet-lite0-int8.onnx",
+        "bb550d64730f570444ad57a770c7879f990e66b186bc563850b6a0fd7c917df1",
+    ),
+    2: (
+        "efficientnet-lite2-int8.onnx",
+        "351277bded3c8b13d9191af10b411a62d3d3b2a77f0f18c96417f4c88e0cdac6",
+    ),
+}
+
 
 def lite_name(variant: int, pooling: str = "avg") -> str:
     """The embedder's identity: "efficientnet-lite2", or "efficientnet-lite2-gem" with GeM
@@ -170,20 +183,38 @@ class _Network:
     session: ort.InferenceSession | None  # runtime "onnx": the exported feature extractor
 
 
+def int8_file(models_dir: Path, variant: int) -> Path | None:
+    """Where the int8 copy of the pretrained `variant` lies, or None when none is made."""
+    entry = INT8_FILES.get(variant)
+    return None if entry is None else models_dir / entry[0]
+
+
 @functools.lru_cache(maxsize=6)
 def _network(
-    variant: int, weights: Path | None, device: str, runtime: str, threads: int
+    variant: int,
+    weights: Path | None,
+    device: str,
+    runtime: str,
+    threads: int,
+    int8: Path | None = None,
 ) -> _Network:
     """The network (and its onnxruntime session), built once per process and key: the lamp
     proposer's Lite0 and the embedder's are one network (one export, ~0.3 s; one copy in
-    memory). Both are only read after this, from any thread."""
+    memory). Both are only read after this, from any thread. With `int8`, the session runs
+    that committed int8 copy instead of an export (the torch model still serves the head)."""
     # channels_last: ~20% faster depthwise convs on CPU, identical outputs
     model = build_model(variant, weights).to(
         torch.device(device), memory_format=torch.channels_last
     )
     session = None
     if runtime == "onnx":
-        session = cpu_session(_export_features(model, LITE_SPECS[variant].resolution), threads)
+        if int8 is not None:
+            from search.models.quantize import read_quantized
+
+            onnx_model = read_quantized(int8, INT8_FILES[variant][1])
+        else:
+            onnx_model = _export_features(model, LITE_SPECS[variant].resolution)
+        session = cpu_session(onnx_model, threads)
     return _Network(model, session)
 
 
@@ -202,13 +233,21 @@ class EfficientNetLiteEmbedder:
         device: str = "cpu",
         pooling: str = "avg",
         runtime: str = "auto",
+        int8: Path | None = None,
     ) -> None:
+        """`int8`: the committed int8 copy of the pretrained network (`int8_file`), run by
+        onnxruntime instead of the fp32 export (the same vectors to a cosine of about 0.998,
+        about twice as fast; docs/PERFORMANCE.md)."""
         if variant not in LITE_SPECS:
             raise ValueError(f"variant must be one of {sorted(LITE_SPECS)}, got {variant}")
         if pooling not in ("avg", "gem"):
             raise ValueError(f"pooling must be 'avg' or 'gem', got {pooling!r}")
         if weights_path is not None and not pretrained:
             raise ValueError("weights_path given with pretrained=False")
+        if int8 is not None and (
+            not pretrained or weights_path is not None or variant not in INT8_FILES
+        ):
+            raise ValueError("int8 copies exist only of the pretrained Lite0 and Lite2 weights")
         if threads > 0:
             torch.set_num_threads(threads)
         self.variant = variant
@@ -220,7 +259,15 @@ class EfficientNetLiteEmbedder:
         self._mean = np.asarray(self.spec.mean_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(self.spec.std_rgb, dtype=np.float32).reshape(1, 3, 1, 1)
         self.runtime = _pick_runtime(runtime, self.device)
-        network = _network(variant, weights, str(self.device), self.runtime, threads)
+        self.precision = "int8" if int8 is not None and self.runtime == "onnx" else "fp32"
+        network = _network(
+            variant,
+            weights,
+            str(self.device),
+            self.runtime,
+            threads,
+            int8 if self.precision == "int8" else None,
+        )
         self._model, self._session = network.model, network.session
 
     @property
@@ -330,12 +377,9 @@ class EfficientNetLiteEmbedder:
                 out.append(logits.float().cpu().numpy())
         return np.concatenate(out, axis=0).astype(np.float32, copy=False)
 
-    def class_maps(self, image: Image.Image, long_side: int = 640) -> npt.NDArray[np.float32]:
-        """(1000, h, w) ImageNet probabilities at every cell of the last feature map.
-
-        The classifier head applied per location (class activation maps) on the whole image,
-        resized so its longer side is about `long_side` (a multiple of the network stride).
-        """
+    def map_pixels(self, image: Image.Image, long_side: int) -> npt.NDArray[np.float32]:
+        """The whole photo as `class_maps` feeds it: (1, 3, h, w), its longer side about
+        `long_side`, both sides multiples of the network stride."""
         scale = long_side / max(image.size)
         width = max(STRIDE, round(image.width * scale / STRIDE) * STRIDE)
         height = max(STRIDE, round(image.height * scale / STRIDE) * STRIDE)
@@ -343,8 +387,20 @@ class EfficientNetLiteEmbedder:
             image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR),
             dtype=np.float32,
         )
+        return self._normalise(pixels[None])
+
+    def pixels(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        """The network's input for these images, as `embed` makes it: (n, 3, R, R)."""
+        return self._pixels(images)
+
+    def class_maps(self, image: Image.Image, long_side: int = 640) -> npt.NDArray[np.float32]:
+        """(1000, h, w) ImageNet probabilities at every cell of the last feature map.
+
+        The classifier head applied per location (class activation maps) on the whole image,
+        resized so its longer side is about `long_side` (a multiple of the network stride).
+        """
         with torch.inference_mode():
-            features = self._forward(self._normalise(pixels[None])).to(self.device)
+            features = self._forward(self.map_pixels(image, long_side)).to(self.device)
             fc = self._model._fc
             logits = torch.einsum("nchw,kc->nkhw", features, fc.weight)
             logits = logits + fc.bias[None, :, None, None]

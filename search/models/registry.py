@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from search.coco import classes_for
@@ -61,6 +62,15 @@ def _lite_variant(name: str) -> tuple[int, str]:
     return parsed
 
 
+def _int8(settings: ModelSettings, variant: int, pretrained: bool) -> Path | None:
+    """The int8 copy the settings ask for, where one exists of these weights."""
+    from search.models.efficientnet import int8_file
+
+    if settings.precision != "int8" or not pretrained:
+        return None
+    return int8_file(settings.models_dir, variant)
+
+
 def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
     from search.models.efficientnet import EfficientNetLiteEmbedder
 
@@ -72,6 +82,7 @@ def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embed
         threads=settings.threads,
         device=resolve_device(settings.device),
         runtime=settings.runtime,
+        int8=_int8(settings, variant, pretrained),
     )
 
 
@@ -144,7 +155,11 @@ def _lamp_proposer(settings: ModelSettings) -> Detector:
     from search.models.efficientnet import EfficientNetLiteEmbedder
 
     model = EfficientNetLiteEmbedder(
-        0, threads=settings.threads, device="cpu", runtime=settings.runtime
+        0,
+        threads=settings.threads,
+        device="cpu",
+        runtime=settings.runtime,
+        int8=_int8(settings, 0, pretrained=True),
     )
     return ClassMapProposer(
         model, threshold=settings.lamp_threshold, long_side=settings.lamp_long_side
@@ -250,11 +265,17 @@ def build_masker(settings: ModelSettings, *, pretrained: bool = True) -> BoxMask
     inside the lite segmenter); `pretrained=False` gives a seeded random head."""
     if settings.masker == "u2netp":
         return None
-    from search.models.boxmask import WEIGHTS_FILE, LiteBoxMasker
+    from search.models.boxmask import INT8_FILE, WEIGHTS_FILE, LiteBoxMasker
 
     weights = settings.models_dir / WEIGHTS_FILE if pretrained else None
     runtime = "torch" if settings.runtime == "torch" else "onnx"  # the masker runs on the CPU
-    return LiteBoxMasker(weights, threads=settings.threads, runtime=runtime)
+    int8 = pretrained and runtime == "onnx" and settings.precision == "int8"
+    return LiteBoxMasker(
+        weights,
+        threads=settings.threads,
+        runtime=runtime,
+        int8=settings.models_dir / INT8_FILE if int8 else None,
+    )
 
 
 def _status_rows(

@@ -193,14 +193,23 @@ def boxmask_status(settings: ModelSettings, check_load: bool) -> list[ModelStatu
     """The box-prompted mask head's weights (data/models/box-mask-lite0.pt), when configured."""
     if settings.masker != "lite0-boxmask":
         return []
-    from search.models.boxmask import WEIGHTS_FILE, LiteBoxMasker
+    from search.models.boxmask import INT8_FILE, WEIGHTS_FILE, LiteBoxMasker
 
     path = settings.models_dir / WEIGHTS_FILE
+    int8 = settings.models_dir / INT8_FILE
 
     def build() -> object:
         return LiteBoxMasker(path, threads=settings.threads)
 
-    return [_status("box masker", "lite0-boxmask", path, build if check_load else None)]
+    def build_int8() -> object:
+        return LiteBoxMasker(path, threads=settings.threads, int8=int8)
+
+    rows = [_status("box masker", "lite0-boxmask", path, build if check_load else None)]
+    if settings.precision == "int8":
+        rows.append(
+            _status("box masker", "lite0-boxmask int8", int8, build_int8 if check_load else None)
+        )
+    return rows
 
 
 # ----------------------------------------------------------------------------- embedder
@@ -209,7 +218,27 @@ def boxmask_status(settings: ModelSettings, check_load: bool) -> list[ModelStatu
 def efficientnet_status(
     name: str, settings: ModelSettings, check_load: bool, fetch_s: float | None
 ) -> list[ModelStatus]:
-    return [_efficientnet_row(name, settings, check_load, fetch_s)]
+    rows = [_efficientnet_row(name, settings, check_load, fetch_s)]
+    if settings.precision == "int8":
+        rows += _efficientnet_int8_row(name, settings, check_load)
+    return rows
+
+
+def _efficientnet_int8_row(
+    name: str, settings: ModelSettings, check_load: bool
+) -> list[ModelStatus]:
+    """The committed int8 copy of the variant (data/models/), where one is made."""
+    from search.models.efficientnet import EfficientNetLiteEmbedder, int8_file, parse_lite_name
+
+    parsed = parse_lite_name(name)
+    path = int8_file(settings.models_dir, parsed[0]) if parsed else None
+    if parsed is None or path is None:
+        return []
+
+    def build() -> object:
+        return EfficientNetLiteEmbedder(parsed[0], threads=settings.threads, int8=path)
+
+    return [_status("embedder", f"{name} int8", path, build if check_load else None)]
 
 
 def _efficientnet_row(

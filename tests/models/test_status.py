@@ -63,10 +63,17 @@ def test_offline_profile_reports_real_files_that_load() -> None:
     rows = _by_role(listed)
     assert set(rows) == {"detector", "masker", "box masker", "embedder"}
     detector, masker = rows["detector"], rows["masker"]
-    head = rows["box masker"]
+    head, head8 = [row for row in listed if row.role == "box masker"]
     assert head.name == "lite0-boxmask" and head.loads, head.detail
     assert head.path == str(REPO_ROOT / "data" / "models" / "box-mask-lite0.pt")
-    lite0, lite2 = [row for row in listed if row.role == "embedder"]
+    assert head8.name == "lite0-boxmask int8"
+    assert head8.path == str(REPO_ROOT / "data" / "models" / "box-mask-lite0-int8.onnx")
+    lite0, lite0_int8, lite2, lite2_int8 = [row for row in listed if row.role == "embedder"]
+    assert (lite0_int8.name, lite2_int8.name) == (
+        "efficientnet-lite0-gem int8",
+        "efficientnet-lite2-gem int8",
+    )
+    assert lite2_int8.path == str(REPO_ROOT / "data" / "models" / "efficientnet-lite2-int8.onnx")
     assert detector.name == "nanodet-m-416"
     assert detector.path == str(REPO_ROOT / "data" / "models" / "nanodet-m-416.onnx")
     assert detector.sha256 == NANODET_SHA256
@@ -81,7 +88,13 @@ def test_offline_profile_reports_real_files_that_load() -> None:
 
 
 def test_list_without_load_check_and_a_missing_nanodet(tmp_path: Path) -> None:
-    rows = _by_role(list_models(ModelSettings(models_dir=tmp_path), check_load=False))
+    listed = list_models(ModelSettings(models_dir=tmp_path), check_load=False)
+    int8 = [row for row in listed if row.name.endswith(" int8")]
+    assert len(int8) == 3 and not any(row.loads for row in int8)  # none in this models_dir
+    assert all("roomlens quantize" in row.detail or "missing" in row.detail for row in int8)
+    rows = _by_role(
+        list_models(ModelSettings(models_dir=tmp_path, precision="fp32"), check_load=False)
+    )
     assert not rows["detector"].loads and rows["detector"].sha256 is None
     assert "convert_nanodet.py" in rows["detector"].detail
     assert rows["masker"].loads and rows["masker"].detail == "present (not load-checked)"
@@ -141,7 +154,8 @@ def test_fetch_offline_fails_fast_naming_the_files(offline: Path) -> None:
 
 
 def test_fetch_with_nothing_to_download(tmp_path: Path) -> None:
-    rows = _by_role(fetch_models(ModelSettings(models_dir=tmp_path, threads=1), timeout_s=1))
+    settings = ModelSettings(models_dir=tmp_path, threads=1, precision="fp32")
+    rows = _by_role(fetch_models(settings, timeout_s=1))
     assert not rows["detector"].loads and "convert_nanodet.py" in rows["detector"].detail
     assert rows["masker"].loads and rows["embedder"].loads
 
