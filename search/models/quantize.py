@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +58,16 @@ def early_nodes(
     return [name for name in names if name.startswith(tuple(prefixes))]
 
 
-def quantize(model: bytes, feeds: Iterable[Feed], *, keep_fp32: Sequence[str] = ()) -> bytes:
+def quantize(
+    model: bytes,
+    feeds: Sequence[Feed],
+    *,
+    keep_fp32: Sequence[str] = (),
+    progress: Callable[[Sequence[Feed]], Iterable[Feed]] = iter,
+) -> bytes:
     """The int8 (QDQ, U8S8, per-channel) copy of an ONNX model, its activation ranges taken
-    from running `feeds` (input name -> array), and the `keep_fp32` nodes left unquantized."""
+    from running `feeds` (input name -> array), and the `keep_fp32` nodes left unquantized;
+    `progress` wraps the feeds (a bar)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -77,6 +84,10 @@ def quantize(model: bytes, feeds: Iterable[Feed], *, keep_fp32: Sequence[str] = 
         def get_next(self) -> Feed | None:
             return next(self.items, None)
 
+    if len(feeds) % RANGE_FLUSH == 0:
+        # onnxruntime's calibrator refuses a run whose last flush left nothing to merge
+        # ("No data is collected"); one repeated feed changes no MinMax range
+        feeds = [*feeds, feeds[-1]]
     with tempfile.TemporaryDirectory(prefix="roomlens-quantize-") as tmp:
         folder = Path(tmp)
         source, prepared, out = folder / "fp32.onnx", folder / "pre.onnx", folder / "int8.onnx"
@@ -85,7 +96,7 @@ def quantize(model: bytes, feeds: Iterable[Feed], *, keep_fp32: Sequence[str] = 
         quantize_static(
             str(prepared),
             str(out),
-            Reader(iter(feeds)),
+            Reader(iter(progress(feeds))),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -127,8 +138,6 @@ def quantize_lite(
     """The int8 copy of the pretrained EfficientNet-Lite `variant`'s feature extractor,
     calibrated on the crops and cut-outs (and, for Lite0, which also makes the lamp class
     maps, on the whole photos at `long_side`)."""
-    from tqdm import tqdm
-
     from search.models.efficientnet import (
         LITE_SPECS,
         EfficientNetLiteEmbedder,
@@ -141,16 +150,14 @@ def quantize_lite(
     feeds: list[Feed] = [{"pixels": embedder.pixels([image])} for image in images]
     if variant == 0:
         feeds += [{"pixels": embedder.map_pixels(s, long_side)} for s in calibration.scenes]
-    bar = tqdm(feeds, desc=f"calibrate lite{variant}", disable=not progress)
-    return quantize(fp32, bar, keep_fp32=early_nodes(embedder._model, node_names(fp32)))
+    keep = early_nodes(embedder._model, node_names(fp32))
+    return quantize(fp32, feeds, keep_fp32=keep, progress=_bar(f"lite{variant}", progress))
 
 
 def quantize_mask_head(calibration: Calibration, weights: Path, *, progress: bool = True) -> bytes:
     """The int8 copy of the committed box-mask network, calibrated on the calibration
     photos' boxes; its frozen stem and blocks up to stride 4 stay fp32, as in the embedders
     (the decoder at stride 4 was measured too: quantizing it costs no IoU)."""
-    from tqdm import tqdm
-
     from search.models.boxmask import LiteBoxMasker, lite0, prepare
 
     masker = LiteBoxMasker(weights, runtime="torch")
@@ -165,8 +172,13 @@ def quantize_mask_head(calibration: Calibration, weights: Path, *, progress: boo
         stem=("/frozen/stem/", "/frozen/bn0/", "/frozen/act"),
         blocks="/frozen/blocks.",
     )
-    bar = tqdm(feeds, desc="calibrate box-mask", disable=not progress)
-    return quantize(fp32, bar, keep_fp32=keep)
+    return quantize(fp32, feeds, keep_fp32=keep, progress=_bar("box-mask", progress))
+
+
+def _bar(name: str, show: bool) -> Callable[[Sequence[Feed]], Iterable[Feed]]:
+    from tqdm import tqdm
+
+    return lambda feeds: tqdm(feeds, desc=f"calibrate {name}", disable=not show)
 
 
 def cosine_to_fp32(

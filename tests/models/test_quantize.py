@@ -130,8 +130,8 @@ def test_quantize_keeps_the_named_layers_fp32_and_is_deterministic() -> None:
     rng = np.random.default_rng(0)
     feeds = [{"pixels": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
     stem = [name for name in node_names(model) if name.startswith("/_conv_stem/")]
-    first = quantize(model, iter(feeds), keep_fp32=stem)
-    assert first == quantize(model, iter(feeds), keep_fp32=stem)
+    first = quantize(model, feeds, keep_fp32=stem)
+    assert first == quantize(model, feeds, keep_fp32=stem)
     graph = onnx.load_from_string(first).graph
     quantized_inputs = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
     convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
