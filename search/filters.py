@@ -89,6 +89,13 @@ class ProductFilter:
             allowed = allowed & self.categories
         return replace(self, categories=allowed)
 
+    @property
+    def matches_nothing(self) -> bool:
+        """Whether no product can pass: no category left (a detected lamp restricted to
+        lamps, under a caller's filter for chairs). An empty price range is refused when the
+        filter is made."""
+        return self.categories is not None and not self.categories
+
     def matches(self, product: FilterableProduct) -> bool:
         """Whether `product` passes every condition."""
         return (

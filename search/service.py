@@ -266,12 +266,15 @@ class SearchService:
     ) -> list[list[ProductHit]]:
         """Top products per query vector, fetching more from the index while filters starve."""
         hits: list[list[ProductHit]] = [[] for _ in range(len(vectors))]
-        pending = list(range(len(vectors)))
+        # a filter nothing can pass would page through the whole index to find nothing
+        pending = [i for i in range(len(vectors)) if not filters[i].matches_nothing]
         rows: catalog.HitRows = {}
         temperature = self.settings.score_temperature
         pool = max(options.k, CALIBRATION_POOL) if temperature > 0 else options.k
         with self.session_factory() as session:
             for fetch in fetch_schedule(pool, self.settings.oversample, index.ntotal):
+                if not pending:
+                    break
                 with timer.stage("search"):
                     scores, ids = index.search(vectors[pending], fetch)
                 with timer.stage("catalog"):

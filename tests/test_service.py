@@ -302,6 +302,35 @@ def test_a_filter_nothing_passes_exhausts_the_index_and_returns_nothing(world: W
     assert [g.products for g in result.groups] == [[], []]
 
 
+def test_a_policy_and_a_filter_that_exclude_each_other_skip_the_index(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """A couch restricted to sofas, under a caller's filter for chairs, can match nothing:
+    it goes straight to the caller's filter alone, without paging through the index."""
+
+    def policy(instance: Instance) -> frozenset[str] | None:
+        return frozenset({"sofa"})
+
+    service = _service(tmp_path / "index", session_factory, category_policy=policy)
+    calls: list[int] = []
+    index = service.live_index.get().index
+    search = index.search
+
+    def counted(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(queries))
+        return search(queries, k)
+
+    index.search = counted  # type: ignore[method-assign]
+    options = SearchOptions(k=3, filters=ProductFilter(categories=frozenset({"chair"})))
+    couch, lamp = service.search(_photo(), options).groups
+    chairs = _skus(world, "chair")
+    assert _ranking(couch.products) == _rounded(_brute_force(world, QUERY_RED, chairs, 3))
+    assert _ranking(lamp.products) == _rounded(_brute_force(world, QUERY_BLUE, chairs, 3))
+    assert calls == [2]  # one round for both instances, widened; nothing for the sofa filter
+    assert ProductFilter(categories=frozenset()).matches_nothing
+    assert not ProductFilter(min_price=4, max_price=4).matches_nothing
+
+
 def test_min_score_cuts_the_list(world: World) -> None:
     every = {item.sku for item in world.items}
     full = _brute_force(world, QUERY_RED, every, 40)
