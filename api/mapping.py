@@ -14,6 +14,7 @@ from api.schemas import (
     ImageSize,
     IndexPublic,
     InstancePublic,
+    MaskEncodings,
     MaskPublic,
     MaskRLE,
     ProductPublic,
@@ -41,12 +42,13 @@ def product_filter(fields: FilterFields) -> ProductFilter:
     )
 
 
-def to_response(result: SearchResult) -> SearchResponse:
+def to_response(result: SearchResult, masks: MaskEncodings = "both") -> SearchResponse:
+    """The `/v1/search` body, each mask encoded as `masks` asks (`SearchForm.masks`)."""
     width, height = result.image_size
     return SearchResponse(
         index=IndexPublic(**vars(result.index)),
         image=ImageSize(width=width, height=height),
-        instances=[instance_public(group) for group in result.groups],
+        instances=[instance_public(group, masks) for group in result.groups],
         timings_ms=rounded(result.timings_ms),
     )
 
@@ -62,19 +64,20 @@ def column_major(mask: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.transpose(flat)).view(np.bool_).T
 
 
-def mask_public(mask: np.ndarray) -> MaskPublic:
-    """A mask as the API sends it: COCO RLE and polygons for drawing."""
-    rle = encode_rle(column_major(mask))
-    return MaskPublic(rle=MaskRLE(**rle), polygons=mask_to_polygons(mask))
+def mask_public(mask: np.ndarray, encodings: MaskEncodings = "both") -> MaskPublic:
+    """A mask as the API sends it: COCO RLE and/or polygons for drawing."""
+    rle = MaskRLE(**encode_rle(column_major(mask))) if encodings in ("both", "rle") else None
+    polygons = mask_to_polygons(mask) if encodings in ("both", "polygons") else None
+    return MaskPublic(rle=rle, polygons=polygons)
 
 
-def instance_public(group: InstanceResult) -> InstancePublic:
+def instance_public(group: InstanceResult, masks: MaskEncodings = "both") -> InstancePublic:
     inst = group.instance
     return InstancePublic(
         label=inst.label,
         score=round(float(inst.score), 4),
         box=[round(v, 1) for v in inst.box.as_list()],
-        mask=mask_public(inst.mask),
+        mask=None if masks == "none" else mask_public(inst.mask, masks),
         products=[product_public(hit) for hit in group.products],
     )
 

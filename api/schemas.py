@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
@@ -12,6 +12,7 @@ from search.filters import parse_attributes
 from search.segmentation import LABEL_IOU
 
 _NUMBER = r"-?\d+(?:\.\d+)?"
+MaskEncodings = Literal["both", "rle", "polygons", "none"]
 REGION_PATTERN = rf"^\s*\[?\s*{_NUMBER}(?:\s*,\s*{_NUMBER}){{3}}\s*\]?\s*$"
 ATTRIBUTE_PATTERN = r"^[^=]+=.*$"
 MAX_BOXES = 50  # box prompts per /v1/segment request
@@ -108,6 +109,11 @@ class SearchForm(FilterFields):
         "in pixels of the upright photo; it is searched as one instance",
         examples=["120,80,560,400"],
     )
+    masks: MaskEncodings = Field(
+        "both",
+        description="how each instance's mask is sent: both (COCO RLE and polygons), rle, "
+        "polygons (what the page draws) or none; encoding costs ~1-3 ms a photo",
+    )
 
     @field_validator("region")
     @classmethod
@@ -185,9 +191,11 @@ class MaskRLE(BaseModel):
 
 
 class MaskPublic(BaseModel):
-    rle: MaskRLE
-    polygons: list[list[float]] = Field(
-        description="simplified outer contours for drawing, each a flat [x0, y0, x1, y1, ...] list"
+    rle: MaskRLE | None = Field(None, description="absent when the search asked masks=polygons")
+    polygons: list[list[float]] | None = Field(
+        None,
+        description="simplified outer contours for drawing, each a flat [x0, y0, x1, y1, ...] "
+        "list; absent when the search asked masks=rle",
     )
 
 
@@ -216,7 +224,7 @@ class InstancePublic(BaseModel):
     )
     score: float = Field(description="detector confidence")
     box: list[float] = Field(description="[x0, y0, x1, y1] in pixels of the uploaded image")
-    mask: MaskPublic
+    mask: MaskPublic | None = Field(description="null when the search asked masks=none")
     products: list[ProductPublic]
 
 

@@ -11,6 +11,7 @@ from search.config import Settings
 from search.index_store import open_index_store
 from search.live import LiveIndex
 from search.models.registry import build_embedder, build_masker, build_segmenter
+from search.photo_cache import PhotoCache
 from search.segmentation import Segmentation
 from search.service import SearchService
 
@@ -29,6 +30,9 @@ def build_service(settings: Settings, session_factory: Callable[[], Session]) ->
         settings=settings.models,
         category_policy=label_policy() if settings.models.category_aware else None,
         masker=masker,
+        photo_cache=PhotoCache(settings.api.photo_cache_mb << 20)
+        if settings.api.photo_cache_mb
+        else None,
     )
 
 

@@ -19,6 +19,7 @@ from search.index import VectorIndex
 from search.live import LiveIndex, LoadedIndex
 from search.masks import box_mask, exclusive
 from search.models.base import BoxMasker, Embedder, Segmenter
+from search.photo_cache import Perceived, PhotoCache
 from search.segmentation import Segmentation
 from search.timing import Timer
 from search.types import (
@@ -99,6 +100,7 @@ class SearchService:
         settings: ModelSettings,
         category_policy: CategoryPolicy | None = None,
         masker: BoxMasker | None = None,
+        photo_cache: PhotoCache | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.embedder = embedder
@@ -107,20 +109,21 @@ class SearchService:
         self.settings = settings
         self.category_policy = category_policy
         self.masker = masker  # masks a drawn region's object; None: the region is its mask
+        self.photo_cache = photo_cache  # what searches saw, by photo hash (search.photo_cache)
 
-    def search(self, image: Image.Image, options: SearchOptions | None = None) -> SearchResult:
-        """Segment `image` (or take `options.region`), embed each instance, rank products."""
+    def search(
+        self, image: Image.Image, options: SearchOptions | None = None, *, photo: str | None = None
+    ) -> SearchResult:
+        """Segment `image` (or take `options.region`), embed each instance, rank products.
+
+        `photo`: the photo's content hash (`search.photo_cache.photo_key`); with a photo
+        cache, a photo searched before with the same region and text is not segmented or
+        embedded again (its timings then have no `segment` or `embed` stage)."""
         options = options or SearchOptions()
         timer = Timer()
         loaded = self.live_index.get()
-        with timer.stage("segment"):
-            instances = self.instances(image, options.region)
-        subject = self.closeup_subject(image, instances) if options.region is None else None
-        queries = instances if subject is None else [*instances, whole_image_instance(image)]
-        with timer.stage("embed"):
-            vectors = self.embed_instances(image, queries)
-            if options.text is not None:
-                vectors = self._refine(vectors, options.text)
+        perceived = self._perceive(image, options, photo, timer)
+        instances, subject, vectors = perceived.instances, perceived.subject, perceived.vectors
         filters = [self.filter_for(inst, options.filters) for inst in instances]
         if subject is not None:
             filters.append(filters[subject])  # the whole photo, searched as its subject
@@ -131,6 +134,30 @@ class SearchService:
             ranked[subject] = merge_best([ranked[subject], whole], options.k)
         groups = [InstanceResult(inst, hits) for inst, hits in zip(instances, ranked, strict=True)]
         return SearchResult(index_info(loaded), image.size, groups, timer.ms)
+
+    def _perceive(
+        self, image: Image.Image, options: SearchOptions, photo: str | None, timer: Timer
+    ) -> Perceived:
+        """The instances, close-up subject and query vectors: from the photo cache, or
+        segmented and embedded (and then cached)."""
+        cache = self.photo_cache
+        key = (photo, options.region, options.text) if photo and cache is not None else None
+        if key is not None and cache is not None:
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
+        with timer.stage("segment"):
+            instances = self.instances(image, options.region)
+        subject = self.closeup_subject(image, instances) if options.region is None else None
+        queries = instances if subject is None else [*instances, whole_image_instance(image)]
+        with timer.stage("embed"):
+            vectors = self.embed_instances(image, queries)
+            if options.text is not None:
+                vectors = self._refine(vectors, options.text)
+        perceived = Perceived(instances, subject, vectors)
+        if key is not None and cache is not None:
+            cache.put(key, perceived)
+        return perceived
 
     def closeup_subject(self, image: Image.Image, instances: Sequence[Instance]) -> int | None:
         """The instance `image` is a close-up of, when the close-up rule is on and one is

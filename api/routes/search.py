@@ -17,6 +17,7 @@ from api.mapping import product_filter, product_public, rounded, to_response
 from api.photos import PhotoFile, decode_photo, photo_bytes
 from api.schemas import (
     IndexPublic,
+    MaskEncodings,
     SearchForm,
     SearchResponse,
     TextQuery,
@@ -25,6 +26,7 @@ from api.schemas import (
 )
 from api.state import AppState
 from merchant.querylog import record_search
+from search.photo_cache import photo_key
 from search.service import SearchOptions, SearchService
 from search.timing import Timer
 from search.types import Box, SearchResult
@@ -51,7 +53,7 @@ async def search(
     options = search_options(form)
     decoded = await decode_photo(state, data, timer)
     (result, response), wait_ms = await pool.run(
-        partial(search_and_encode, state.service, decoded, options)
+        partial(search_and_encode, state.service, decoded, options, data, form.masks)
     )
     timer.add("queue", wait_ms)
     await anyio.to_thread.run_sync(partial(log_search, state, result, form, data, started))
@@ -91,12 +93,17 @@ def search_options(form: SearchForm) -> SearchOptions:
 
 
 def search_and_encode(
-    service: SearchService, image: Image.Image, options: SearchOptions
+    service: SearchService,
+    image: Image.Image,
+    options: SearchOptions,
+    data: bytes,
+    masks: MaskEncodings = "both",
 ) -> tuple[SearchResult, SearchResponse]:
-    """Run in an inference worker: the search, then the response (masks encoded)."""
-    result = service.search(image, options)
+    """Run in an inference worker: the search (the photo's bytes key its cache entry), then
+    the response, its masks encoded as `masks` asks."""
+    result = service.search(image, options, photo=photo_key(data))
     start = time.perf_counter()
-    response = to_response(result)
+    response = to_response(result, masks)
     response.timings_ms["encode"] = round((time.perf_counter() - start) * 1000.0, 2)
     return result, response
 

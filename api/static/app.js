@@ -166,6 +166,7 @@ async function post(extra) {
   const form = new FormData();
   form.append("image", file);
   filterFields(form);
+  form.append("masks", "polygons");  // all the page draws
   for (const [name, value] of Object.entries(extra)) form.append(name, value);
   const resp = await fetch("/v1/search", {method: "POST", body: form});
   const body = await resp.json().catch(() => ({detail: resp.statusText}));

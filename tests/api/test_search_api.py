@@ -80,8 +80,10 @@ def _problem(resp: Any, status: int, code: str | None = None) -> dict[str, Any]:
 
 
 def test_search_returns_instances_with_masks_and_linked_products(
-    client: TestClient, room: bytes, small_catalog: SmallCatalog
+    client: TestClient, app_state: AppState, room: bytes, small_catalog: SmallCatalog
 ) -> None:
+    assert app_state.service.photo_cache is not None
+    app_state.service.photo_cache.clear()  # a photo seen before skips segment and embed
     resp = _search(client, room, k=3)
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -100,6 +102,47 @@ def test_search_returns_instances_with_masks_and_linked_products(
     assert {"decode", "queue", "segment", "embed", "search", "catalog", "encode"} <= set(
         body["timings_ms"]
     )
+
+
+def test_the_same_photo_with_other_filters_is_not_segmented_again(
+    client: TestClient, app_state: AppState, room: bytes
+) -> None:
+    cache = app_state.service.photo_cache
+    assert cache is not None
+    cache.clear()
+    first = _search(client, room, k=5).json()
+    filtered = _search(client, room, k=2, category="sofa").json()
+    assert {"segment", "embed"} <= set(first["timings_ms"])
+    assert not {"segment", "embed"} & set(filtered["timings_ms"])  # from the cache
+    assert [i["box"] for i in filtered["instances"]] == [i["box"] for i in first["instances"]]
+    assert [i["mask"] for i in filtered["instances"]] == [i["mask"] for i in first["instances"]]
+    cache.clear()
+    fresh = _search(client, room, k=2, category="sofa").json()
+    assert "segment" in fresh["timings_ms"]
+    assert _products(fresh) == _products(filtered)  # the same answer as without the cache
+    region = _search(client, room, k=2, region="0,0,200,150").json()
+    assert "segment" in region["timings_ms"]  # another region is another entry
+    assert len(cache) == 2
+
+
+@pytest.mark.parametrize(
+    ("masks", "rle", "polygons"),
+    [("both", True, True), ("rle", True, False), ("polygons", False, True)],
+)
+def test_masks_are_encoded_as_asked(
+    client: TestClient, room: bytes, masks: str, rle: bool, polygons: bool
+) -> None:
+    body = _search(client, room, k=1, masks=masks).json()
+    assert body["instances"]
+    for inst in body["instances"]:
+        assert (inst["mask"]["rle"] is not None) == rle
+        assert (inst["mask"]["polygons"] is not None) == polygons
+
+
+def test_masks_none_sends_no_masks_and_a_bad_choice_is_422(client: TestClient, room: bytes) -> None:
+    body = _search(client, room, k=1, masks="none").json()
+    assert body["instances"] and all(inst["mask"] is None for inst in body["instances"])
+    assert _search(client, room, masks="bitmap").status_code == 422
 
 
 def test_filters_hold_for_every_product(
