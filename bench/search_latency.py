@@ -3,8 +3,11 @@
 Needs an indexed catalog: run `make demo` (or `roomlens migrate && roomlens index FEED`)
 first, or point --database-url / --index-dir at one. The app runs in-process (models loaded
 once, the full HTTP stack: multipart parsing, the inference queue, JSON encoding); each photo
-is searched sequentially, then by --clients concurrent clients. Prints p50/p95 of the
-request time and of every stage the server reports, and the cost of the mask encodings.
+is searched sequentially, then by --clients concurrent clients, with the photo cache off
+(every search segments and embeds). Then, with the cache on, each photo is searched again
+with a category filter, as the page does when a filter changes. Prints the machine's speed
+reference, p50/p95 of the request time and of every stage the server reports, and the cost
+of the mask encodings.
 
     .venv/bin/python bench/search_latency.py --limit 20
 """
@@ -28,11 +31,14 @@ from fastapi.testclient import TestClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from reference import reference_line  # noqa: E402
+
 from api.main import create_app  # noqa: E402
 from api.mapping import column_major  # noqa: E402
 from api.state import build_state  # noqa: E402
 from search.config import IndexSettings, Settings  # noqa: E402
 from search.masks import decode_rle, encode_rle, mask_to_polygons  # noqa: E402
+from search.photo_cache import PhotoCache  # noqa: E402
 
 STAGES = ("queue", "decode", "segment", "embed", "search", "catalog", "encode")
 
@@ -64,30 +70,46 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
 
 
-def search_once(client: TestClient, photo: Path, k: int) -> tuple[float, dict[str, Any], int]:
+def search_once(
+    client: TestClient, photo: Path, k: int, **form: str
+) -> tuple[float, dict[str, Any], int]:
     data = photo.read_bytes()
     start = time.perf_counter()
-    resp = client.post("/v1/search", files={"image": (photo.name, data)}, data={"k": str(k)})
+    fields = {"k": str(k), **form}
+    resp = client.post("/v1/search", files={"image": (photo.name, data)}, data=fields)
     wall = (time.perf_counter() - start) * 1000.0
     if resp.status_code != 200:
         raise SystemExit(f"{photo.name}: HTTP {resp.status_code}: {resp.text[:300]}")
     return wall, resp.json(), len(resp.content)
 
 
-def run_sequential(client: TestClient, photos: list[Path], k: int) -> Run:
+def run_sequential(client: TestClient, photos: list[Path], k: int, masks: str) -> Run:
     run = Run("sequential")
     start = time.perf_counter()
     for photo in photos:
-        run.record(*search_once(client, photo, k))
+        run.record(*search_once(client, photo, k, masks=masks))
     run.elapsed_s = time.perf_counter() - start
     return run
 
 
-def run_concurrent(client: TestClient, photos: list[Path], k: int, clients: int) -> Run:
+def run_refiltered(client: TestClient, photos: list[Path], k: int, masks: str) -> Run:
+    """Each photo searched, then (timed) searched again with a category filter."""
+    run = Run("new filters")
+    elapsed = 0.0
+    for photo in photos:
+        search_once(client, photo, k, masks=masks)
+        start = time.perf_counter()
+        run.record(*search_once(client, photo, k, masks=masks, category="chair"))
+        elapsed += time.perf_counter() - start
+    run.elapsed_s = elapsed
+    return run
+
+
+def run_concurrent(client: TestClient, photos: list[Path], k: int, clients: int, masks: str) -> Run:
     run = Run(f"{clients} clients")
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        for result in pool.map(lambda p: search_once(client, p, k), photos):
+        for result in pool.map(lambda p: search_once(client, p, k, masks=masks), photos):
             run.record(*result)
     run.elapsed_s = time.perf_counter() - start
     return run
@@ -99,7 +121,11 @@ def encoding_split(bodies: list[dict[str, Any]]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"rle": [], "polygons": []}
     for body in bodies:
         # row-major, as the segmenter makes them (decode_rle gives column-major arrays)
-        masks = [np.ascontiguousarray(decode_rle(i["mask"]["rle"])) for i in body["instances"]]
+        masks = [
+            np.ascontiguousarray(decode_rle(i["mask"]["rle"]))
+            for i in body["instances"]
+            if i["mask"] and i["mask"]["rle"]
+        ]
         for name, encode in (("rle", encode_rle), ("polygons", mask_to_polygons)):
             start = time.perf_counter()
             for mask in masks:
@@ -109,7 +135,7 @@ def encoding_split(bodies: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 
 def print_report(runs: list[Run], split: dict[str, list[float]], workers: int) -> None:
-    print(f"\nPOST /v1/search, inference workers: {workers}")
+    print(f"\nPOST /v1/search, inference workers: {workers}; photo cache off, then on")
     print(f"{'mode':<14}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'photos/s':>10}")
     for run in runs:
         n = len(run.wall_ms)
@@ -156,14 +182,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
     parser.add_argument("--warmup", type=int, default=2, help="untimed searches first")
     parser.add_argument("-k", type=int, default=10, help="products per instance")
+    parser.add_argument(
+        "--masks",
+        default="both",
+        choices=["both", "rle", "polygons", "none"],
+        help="the form field",
+    )
     args = parser.parse_args(argv)
     if args.queries is None or not args.queries.is_file():
         parser.error("no queries file: pass --queries .../queries-dev.jsonl")
     settings = base.model_copy(
-        update={"database_url": args.database_url, "index": IndexSettings(dir=args.index_dir)}
+        update={
+            "database_url": args.database_url,
+            "index": IndexSettings(dir=args.index_dir),
+            "api": base.api.model_copy(update={"photo_cache_mb": 0}),
+        }
     )
     photos = dev_photos(args.queries, args.limit or None)
-    print(f"loading models ({settings.models.segmenter} + {settings.models.embedder}) ...")
+    print(reference_line(photos[0]))
+    print(
+        f"loading models ({settings.models.segmenter} + {settings.models.embedder}, "
+        f"{settings.models.precision}) ..."
+    )
     state = build_state(settings)
     with TestClient(create_app(settings, state=state)) as client:
         ready = client.get("/readyz").json()
@@ -172,9 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"index {ready['index']['version']}: {ready['index']['vector_count']} vectors")
         for photo in photos[: args.warmup]:
             search_once(client, photo, args.k)
-        runs = [run_sequential(client, photos, args.k)]
+        runs = [run_sequential(client, photos, args.k, args.masks)]
         if args.clients > 1:
-            runs.append(run_concurrent(client, photos, args.k, args.clients))
+            runs.append(run_concurrent(client, photos, args.k, args.clients, args.masks))
+        state.service.photo_cache = PhotoCache(64 << 20)  # as `roomlens serve` has it
+        runs.append(run_refiltered(client, photos, args.k, args.masks))
     split = encoding_split(runs[0].bodies)
     print_report(runs, split, settings.api.inference_workers)
     return 0

@@ -43,6 +43,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from reference import lite0_reference_ms  # noqa: E402
+
 from search.config import Settings  # noqa: E402
 
 DEFAULT_ROOMS = REPO.parent / "shared" / "datasets" / "ikea" / "rooms"
@@ -307,23 +309,6 @@ def growth_marks(marks: Sequence[int]) -> tuple[int, int]:
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
-
-
-def lite0_reference_ms(photo: Path, runs: int = 20) -> float:
-    """Lite0 (onnxruntime, one intra-op thread) on one image: the median ms of `runs`."""
-    from search.models.efficientnet import EfficientNetLiteEmbedder
-
-    model = EfficientNetLiteEmbedder(0, threads=1, runtime="onnx")
-    with Image.open(photo) as image:
-        rgb = image.convert("RGB")
-    for _ in range(3):
-        model.embed([rgb])
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.embed([rgb])
-        times.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(times))
 
 
 def soak(args: argparse.Namespace, photos: list[Path], env: dict[str, str]) -> Soak:
