@@ -38,6 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from reference import reference_line  # noqa: E402
+
 from indexer.pipeline import IndexOptions, IndexReport, run_index  # noqa: E402
 from indexer.sources import parse_feed  # noqa: E402
 from indexer.stages import IndexModels, new_instance  # noqa: E402
@@ -212,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         feed, images = feed_subset(args.feed, args.limit, root)
         n = len(images)
+        print(reference_line(images[0]) if images else "no images")
         print(
-            f"{n} images, segmenter {models.segmenter.name}, embedder {models.embedder.name}, "
+            f"{n} images, segmenter {models.segmenter.name}, embedder {models.embedder.name} "
+            f"({settings.models.precision}), "
             f"{cores} cores; pipeline: {args.model_workers or cores} model "
             "workers (1 intra-op thread each when > 1), "
             f"{args.model_batch} images per model call, {args.read_workers} readers; "
