@@ -795,6 +795,35 @@ def hit_rows(*, session: Session, vector_ids: Sequence[int]) -> HitRows:
     return out
 
 
+def vector_ids_in_categories(
+    *, session: Session, categories: frozenset[str], embedder: str, limit: int
+) -> list[int] | None:
+    """The vector ids of `embedder`'s instances (retired ones too: the served version may
+    still hold them) of products whose category, casefolded, is in `categories`; None when
+    there are more than `limit`. The stored spellings are looked up first, so the query
+    uses the category index."""
+    spellings = [
+        name
+        for (name,) in session.execute(select(Product.category).distinct())
+        if name is not None and name.strip().casefold() in categories
+    ]
+    if not spellings:
+        return []
+    stmt = (
+        select(InstanceRow.vector_id)
+        .join(ProductImage, InstanceRow.image_id == ProductImage.id)
+        .join(Product, ProductImage.product_id == Product.id)
+        .where(
+            Product.category.in_(spellings),
+            InstanceRow.embedder == embedder,
+            InstanceRow.vector_id.is_not(None),
+        )
+        .limit(limit + 1)
+    )
+    ids = [int(vid) for (vid,) in session.execute(stmt) if vid is not None]
+    return None if len(ids) > limit else ids
+
+
 def product_vector_rows(
     *, session: Session, product_id: int, embedder: str
 ) -> list[tuple[int | None, bytes | None]]:

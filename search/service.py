@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from search import catalog
+from search import catalog, subsets
 from search.config import ModelSettings
 from search.crops import MIN_BOX_SIDE, crop_instance, croppable
 from search.errors import InvalidInput
@@ -21,6 +21,7 @@ from search.masks import box_mask, exclusive
 from search.models.base import BoxMasker, Embedder, Segmenter
 from search.photo_cache import Perceived, PhotoCache
 from search.segmentation import Segmentation
+from search.subsets import Subset, category_subset
 from search.timing import Timer
 from search.types import (
     Box,
@@ -275,6 +276,61 @@ class SearchService:
         for i, hits in zip(empty, wider, strict=True):
             ranked[i] = hits
 
+    def _targets(
+        self,
+        session: Session,
+        index: VectorIndex,
+        live: Sequence[int],
+        filters: Sequence[ProductFilter],
+        timer: Timer,
+    ) -> list[tuple[VectorIndex | Subset, list[int]]]:
+        """What each query searches: the served vectors of its categories when they are few
+        (`search.subsets`), else the whole index; queries grouped by their categories."""
+        out: list[tuple[VectorIndex | Subset, list[int]]] = []
+        for categories, group in _searched_by_categories(live, filters).items():
+            subset = None
+            if categories:
+                with timer.stage("catalog"):
+                    subset = category_subset(
+                        session,
+                        index,
+                        categories,
+                        embedder=self.embedder.name,
+                        limit=subsets.SUBSET_MAX,
+                    )
+            out.append((index if subset is None else subset, group))
+        return out
+
+    def _page(
+        self,
+        session: Session,
+        searched: VectorIndex | Subset,
+        vectors: np.ndarray,
+        pending: list[int],
+        filters: Sequence[ProductFilter],
+        pool: int,
+        rows: catalog.HitRows,
+        hits: list[list[ProductHit]],
+        timer: Timer,
+    ) -> None:
+        """Fill `hits[i]` for the `pending` queries: fetch more from `searched`, round after
+        round, while their filters starve."""
+        for fetch in fetch_schedule(pool, self.settings.oversample, searched.ntotal):
+            if not pending:
+                break
+            with timer.stage("search"):
+                scores, ids = searched.search(vectors[pending], fetch)
+            with timer.stage("catalog"):
+                new = {int(i) for i in ids.ravel() if i >= 0 and int(i) not in rows}
+                rows.update(catalog.hit_rows(session=session, vector_ids=sorted(new)))
+                still = []
+                for row, i in enumerate(pending):
+                    ranked = rank_products(scores[row], ids[row], rows, filters[i], pool)
+                    hits[i] = ranked.hits
+                    if ranked.needs_more:
+                        still.append(i)
+            pending = still
+
     def _product_vectors(self, sku: str, index: VectorIndex) -> np.ndarray:
         with self.session_factory() as session:
             product = catalog.get_product(session=session, sku=sku)
@@ -293,30 +349,24 @@ class SearchService:
     ) -> list[list[ProductHit]]:
         """Top products per query vector, fetching more from the index while filters starve."""
         hits: list[list[ProductHit]] = [[] for _ in range(len(vectors))]
-        # a filter nothing can pass would page through the whole index to find nothing
-        pending = [i for i in range(len(vectors)) if not filters[i].matches_nothing]
-        rows: catalog.HitRows = {}
         temperature = self.settings.score_temperature
         pool = max(options.k, CALIBRATION_POOL) if temperature > 0 else options.k
+        rows: catalog.HitRows = {}
+        # a filter nothing can pass would page through the whole index to find nothing
+        live = [i for i in range(len(vectors)) if not filters[i].matches_nothing]
         with self.session_factory() as session:
-            for fetch in fetch_schedule(pool, self.settings.oversample, index.ntotal):
-                if not pending:
-                    break
-                with timer.stage("search"):
-                    scores, ids = index.search(vectors[pending], fetch)
-                with timer.stage("catalog"):
-                    new = {int(i) for i in ids.ravel() if i >= 0 and int(i) not in rows}
-                    rows.update(catalog.hit_rows(session=session, vector_ids=sorted(new)))
-                    still = []
-                    for row, i in enumerate(pending):
-                        ranked = rank_products(scores[row], ids[row], rows, filters[i], pool)
-                        hits[i] = ranked.hits
-                        if ranked.needs_more:
-                            still.append(i)
-                pending = still
-                if not pending:
-                    break
+            for searched, group in self._targets(session, index, live, filters, timer):
+                self._page(session, searched, vectors, group, filters, pool, rows, hits, timer)
         return [finish(h, temperature, options) for h in hits]
+
+
+def _searched_by_categories(
+    live: Sequence[int], filters: Sequence[ProductFilter]
+) -> dict[frozenset[str] | None, list[int]]:
+    groups: dict[frozenset[str] | None, list[int]] = {}
+    for i in live:
+        groups.setdefault(filters[i].categories, []).append(i)
+    return groups
 
 
 def rank_products(

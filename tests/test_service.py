@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from search import subsets
 from search.config import ModelSettings
 from search.db import InstanceRow, Product, ProductImage
 from search.errors import InvalidInput, ProductNotFound
@@ -312,6 +313,19 @@ def test_a_policy_and_a_filter_that_exclude_each_other_skip_the_index(
         return frozenset({"sofa"})
 
     service = _service(tmp_path / "index", session_factory, category_policy=policy)
+    calls = _counting(service)
+    options = SearchOptions(k=3, filters=ProductFilter(categories=frozenset({"chair"})))
+    couch, lamp = service.search(_photo(), options).groups
+    chairs = _skus(world, "chair")
+    assert _ranking(couch.products) == _rounded(_brute_force(world, QUERY_RED, chairs, 3))
+    assert _ranking(lamp.products) == _rounded(_brute_force(world, QUERY_BLUE, chairs, 3))
+    assert calls == []  # nothing for the sofa filter; the chairs' own vectors, widened
+    assert ProductFilter(categories=frozenset()).matches_nothing
+    assert not ProductFilter(min_price=4, max_price=4).matches_nothing
+
+
+def _counting(service: SearchService) -> list[int]:
+    """The index searches `service` makes from now on: the number of queries of each."""
     calls: list[int] = []
     index = service.live_index.get().index
     search = index.search
@@ -321,14 +335,28 @@ def test_a_policy_and_a_filter_that_exclude_each_other_skip_the_index(
         return search(queries, k)
 
     index.search = counted  # type: ignore[method-assign]
-    options = SearchOptions(k=3, filters=ProductFilter(categories=frozenset({"chair"})))
-    couch, lamp = service.search(_photo(), options).groups
-    chairs = _skus(world, "chair")
-    assert _ranking(couch.products) == _rounded(_brute_force(world, QUERY_RED, chairs, 3))
-    assert _ranking(lamp.products) == _rounded(_brute_force(world, QUERY_BLUE, chairs, 3))
-    assert calls == [2]  # one round for both instances, widened; nothing for the sofa filter
-    assert ProductFilter(categories=frozenset()).matches_nothing
-    assert not ProductFilter(min_price=4, max_price=4).matches_nothing
+    return calls
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2048])
+def test_a_category_filter_ranks_like_brute_force_paged_or_as_a_subset(
+    world: World, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """Categories holding at most SUBSET_MAX vectors are scored exactly from their own
+    vectors, without searching the index; more than that, the index is paged. The ranking
+    is the same either way."""
+    monkeypatch.setattr(subsets, "SUBSET_MAX", limit)
+    calls = _counting(world.service)
+    options = SearchOptions(k=4, filters=ProductFilter(categories=frozenset({"Sofa "})))
+    red, blue = world.service.search(_photo(), options).groups
+    sofas = _skus(world, "sofa")
+    assert _ranking(red.products) == _rounded(_brute_force(world, QUERY_RED, sofas, 4))
+    assert _ranking(blue.products) == _rounded(_brute_force(world, QUERY_BLUE, sofas, 4))
+    assert (calls == []) == (limit >= len(_vectors_of_category(world, "sofa")))
+
+
+def _vectors_of_category(world: World, category: str) -> list[np.ndarray]:
+    return [v for sku in _skus(world, category) for v in _vectors_of(world, sku)]
 
 
 def test_min_score_cuts_the_list(world: World) -> None:
