@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # reference.py, when imported as a module
 
 from reference import reference_line  # noqa: E402
 

@@ -42,6 +42,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # reference.py, when imported as a module
 
 from reference import lite0_reference_ms  # noqa: E402
 
