@@ -22,6 +22,7 @@ version leaves the published one loadable.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -55,9 +56,12 @@ SIDECAR_FORMAT = 1
 METRIC = "ip"
 BUILD_HINT = "run `roomlens index FEED.jsonl` to build one"
 
-#: Up to this many vectors an exact "Flat" index is used; beyond it an IVF one (see
-#: `choose_factory`). HNSW stays available by naming its factory.
+#: Up to this many vectors an exact "Flat" index is used; beyond it an IVF one, and beyond
+#: `IVF_FLAT_MAX_BYTES` of raw vectors a compressed one (see `choose_factory`). HNSW stays
+#: available by naming its factory.
 FLAT_MAX_VECTORS = 300_000
+IVF_FLAT_MAX_BYTES = 8 * 2**30  # raw float32 vectors held in memory by "IVF...,Flat"
+COMPRESSED_DIM = 512  # PCA output dimensions of the compressed index (PQ: 2 per 4-bit code)
 HNSW_FACTORY = "HNSW32,Flat"
 IVF_NPROBE = 32  # inverted lists visited per query (bench/ann_1m.py: recall@10 >= 0.95)
 IVF_TRAIN_PER_LIST = 40  # training vectors per inverted list (faiss warns below 39)
@@ -153,34 +157,60 @@ def is_generated_version(version: str) -> bool:
 # --------------------------------------------------------------------------- factories
 
 
-def choose_factory(n: int, dim: int) -> str:
-    """The faiss factory string for `n` vectors of `dim` dimensions.
+def choose_factory(
+    n: int,
+    dim: int,
+    *,
+    flat_max: int = FLAT_MAX_VECTORS,
+    ivf_flat_max_bytes: int = IVF_FLAT_MAX_BYTES,
+) -> str:
+    """The faiss factory string for `n` vectors of `dim` dimensions (thresholds: README).
 
-    Up to `FLAT_MAX_VECTORS` (300k) vectors an exact brute-force "Flat" index is used: no
-    training, exact results, deletions supported, and a query costs n*dim multiply-adds
-    (300k x 1280 floats is ~1.5 GB and tens of ms per query on a few cores). Beyond that the
-    linear scan gets too slow, so "IVF{nlist},Flat" is used (nlist ~ sqrt(n), a power of 2):
-    k-means cells over the raw vectors, of which `IVF_NPROBE` are scanned per query. It needs
-    a training sample (`training_size`), supports deletion and costs no memory beyond the
-    vectors. HNSW ("HNSW32,Flat") answers faster but builds far slower on embeddings this
-    wide: 50k 1280-d vectors took ~4 minutes on 2 cores, so ~2 hours at 1M, too slow to
-    rebuild nightly (bench/ann_1m.py measures both).
+    Up to `flat_max` (300k) vectors an exact brute-force "Flat" index is used: no training,
+    exact results, deletions supported, and a query costs n*dim multiply-adds (300k x 2560
+    floats is ~3 GB and tens of ms per query on 2 cores). Beyond that the linear scan gets
+    too slow, so "IVF{nlist},Flat" is used (nlist ~ sqrt(n), a power of 2): k-means cells
+    over the raw vectors, of which `IVF_NPROBE` are scanned per query; it needs a training
+    sample (`training_size`) and costs no memory beyond the vectors (9.5 GB at 1M x 2560).
+    Once those raw vectors would exceed `ivf_flat_max_bytes` (8 GiB: 838k vectors of 2560-d)
+    they no longer fit beside the rest of a 24 GiB server, so a compressed index is used:
+    "PCAR{d},IVF{nlist},PQ{d/2}x4fs,Refine(SQfp16)" (`search.ann`): a PCA to
+    `COMPRESSED_DIM` dimensions with a random rotation, IVF cells and 4-bit fast-scan PQ
+    codes in memory (~140 bytes a vector), the top candidates re-ranked by exact inner
+    product from float16 vectors memory-mapped from disk. HNSW ("HNSW32,Flat") answers
+    faster but builds far slower on embeddings this wide (~2 hours at 1M on 2 cores) and
+    holds the raw vectors too (bench/ann_1m.py measures it; bench/ann_10m.py the rest).
     """
     if n < 0 or dim < 1:
         raise ValueError(f"choose_factory needs n >= 0 and dim >= 1, got n={n}, dim={dim}")
-    if n <= FLAT_MAX_VECTORS:
+    if n <= flat_max:
         return "Flat"
-    nlist = 2 ** round(math.log2(math.sqrt(n)))
-    return f"IVF{min(max(nlist, 256), 65_536)},Flat"
+    nlist = min(max(2 ** round(math.log2(math.sqrt(n))), 256), 65_536)
+    if n * dim * 4 <= ivf_flat_max_bytes:
+        return f"IVF{nlist},Flat"
+    reduced = min(COMPRESSED_DIM, dim - dim % 2)
+    pca = f"PCAR{reduced}," if reduced >= 2 else ""
+    return f"{pca}IVF{nlist},PQ{max(reduced // 2, 1)}x4fs,Refine(SQfp16)"
 
 
 def training_size(factory: str, dim: int) -> int:
     """How many sample vectors `FaissIndex.create` needs to train `factory` (0: none)."""
-    inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    from search.ann import build_compressed, is_refine_factory
+
+    if is_refine_factory(factory):
+        inner = build_compressed(dim, factory)
+    else:
+        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if inner.is_trained:
         return 0
     ivf = faiss.extract_index_ivf(inner)
     return int(ivf.nlist) * IVF_TRAIN_PER_LIST
+
+
+def training_record(sample: Vectors) -> dict[str, Any]:
+    """What the sidecar records of a training sample: its size and a digest of its bytes."""
+    digest = hashlib.sha256(np.ascontiguousarray(sample).data).hexdigest()
+    return {"vectors": int(sample.shape[0]), "sha256": digest[:16]}
 
 
 def _build_faiss(dim: int, factory: str) -> Any:
@@ -332,24 +362,44 @@ class FaissIndex:
         self._gpu_resources: Any | None = None
         self._gpu_device = 0
         self._sorted_ids: IdArray | None = None
+        #: the training sample's record (`training_record`), kept in the sidecar
+        self.training: dict[str, Any] | None = None
 
     @classmethod
     def create(
-        cls, dim: int, factory: str = "Flat", *, train: npt.ArrayLike | None = None
+        cls,
+        dim: int,
+        factory: str = "Flat",
+        *,
+        train: npt.ArrayLike | None = None,
+        workdir: Path | None = None,
     ) -> FaissIndex:
         """A new empty index of `dim` dimensions (factory from `choose_factory`).
 
         A factory that needs training (IVF) is trained on `train`, a sample of the vectors
-        to come (`training_size` of them); ValueError without one.
+        to come (`training_size` of them); ValueError without one. A compressed factory
+        ("...,Refine(SQfp16)", `search.ann`) writes its full vectors to a file in `workdir`
+        (default: the temp folder; best the version folder, so a save renames it in place).
         """
-        index = _build_faiss(dim, factory)
-        if not index.is_trained:
+        from search.ann import RefinedIndex, is_refine_factory
+
+        if is_refine_factory(factory):
+            if train is None:
+                raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
+            sample = as_vectors(train, dim, name="training vectors")
+            out: FaissIndex = RefinedIndex.build(dim, factory, train=sample, workdir=workdir)
+        else:
+            index = _build_faiss(dim, factory)
+            if index.is_trained:
+                return cls(index, factory)
             if train is None:
                 raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
             sample = as_vectors(train, dim, name="training vectors")
             logger.info("training %s on %d vectors", factory, sample.shape[0])
             index.train(sample)
-        return cls(index, factory)
+            out = cls(index, factory)
+        out.training = training_record(sample)
+        return out
 
     # ------------------------------------------------------------------ properties
 
@@ -524,6 +574,11 @@ class FaissIndex:
         """Drop the GPU replica; searches run on the CPU again."""
         self._gpu, self._gpu_resources = None, None
 
+    def save_files(self, directory: Path) -> dict[str, Any] | None:
+        """Write files beside ``vectors.faiss`` before it is written (compressed indexes:
+        `search.ann`); returns the sidecar's ``refine`` entry, or None when there are none."""
+        return None
+
     def _sync_gpu(self) -> None:
         """Re-copy the CPU index to the GPU after a mutation (only when a replica exists)."""
         if self._gpu is not None and self._gpu_resources is not None:
@@ -659,6 +714,7 @@ def save_index(index: FaissIndex, directory: Path, meta: IndexMeta) -> None:
     vectors_path, sidecar_path = directory / VECTORS_FILE, directory / SIDECAR_FILE
     if sidecar_path.exists():
         logger.warning("overwriting the index in %s in place; prefer a new version", directory)
+    refine = index.save_files(directory)  # first: it may re-encode the faiss index
     with _temp_path(directory, VECTORS_FILE) as tmp_vectors:
         faiss.write_index(index.faiss_index, str(tmp_vectors))
         _fsync_file(tmp_vectors)
@@ -666,7 +722,11 @@ def save_index(index: FaissIndex, directory: Path, meta: IndexMeta) -> None:
         with contextlib.suppress(FileNotFoundError):
             sidecar_path.unlink()
         os.replace(tmp_vectors, vectors_path)
-    payload = {**meta.to_dict(), "format": SIDECAR_FORMAT, "vectors_bytes": size}
+    payload: dict[str, Any] = {**meta.to_dict(), "format": SIDECAR_FORMAT, "vectors_bytes": size}
+    if refine is not None:
+        payload["refine"] = refine
+    if index.training is not None:
+        payload["training"] = index.training
     _atomic_write_text(sidecar_path, json.dumps(payload, sort_keys=True, indent=2) + "\n")
     logger.info("saved index %s (%d vectors) to %s", meta.version, meta.count, directory)
 
@@ -688,12 +748,12 @@ def check_meta_matches(index: VectorIndex, factory: str, meta: IndexMeta) -> Non
 
 def read_meta(directory: Path) -> IndexMeta:
     """The sidecar of the index in `directory`; IndexNotReady when missing or unreadable."""
-    meta, _ = _read_sidecar(Path(directory))
+    meta, _, _ = _read_sidecar(Path(directory))
     return meta
 
 
-def _read_sidecar(directory: Path) -> tuple[IndexMeta, int | None]:
-    """(metadata, recorded vectors file size) from `directory/index.json`."""
+def _read_sidecar(directory: Path) -> tuple[IndexMeta, int | None, dict[str, Any]]:
+    """(metadata, recorded vectors file size, the whole JSON) from `directory/index.json`."""
     sidecar = directory / SIDECAR_FILE
     try:
         text = sidecar.read_text(encoding="utf-8")
@@ -707,7 +767,7 @@ def _read_sidecar(directory: Path) -> tuple[IndexMeta, int | None]:
     except ValueError as exc:
         raise IndexNotReady(f"corrupt index sidecar {sidecar} ({exc}); {BUILD_HINT}") from exc
     size = data.get("vectors_bytes")
-    return meta, size if isinstance(size, int) and not isinstance(size, bool) else None
+    return meta, size if isinstance(size, int) and not isinstance(size, bool) else None, data
 
 
 def load_index(
@@ -723,7 +783,7 @@ def load_index(
     truncated or does not match its sidecar.
     """
     directory = Path(directory)
-    meta, size = _read_sidecar(directory)
+    meta, size, data = _read_sidecar(directory)
     check_expected(meta, directory, expected_embedder, expected_dim)
     vectors_path = directory / VECTORS_FILE
     try:
@@ -735,11 +795,20 @@ def load_index(
             f"{vectors_path} is {actual_size} bytes but its sidecar says {size} "
             f"(incomplete or replaced); {BUILD_HINT}"
         )
+    from search.ann import RefinedIndex, is_refine_factory
+
     try:
         raw = faiss.read_index(str(vectors_path))
-        index = FaissIndex(raw, meta.factory)
-    except (RuntimeError, ValueError) as exc:
+        if is_refine_factory(meta.factory):
+            index: FaissIndex = RefinedIndex.open_files(
+                raw, meta.factory, directory, dict(data.get("refine") or {})
+            )
+        else:
+            index = FaissIndex(raw, meta.factory)
+    except (RuntimeError, ValueError, OSError) as exc:
         raise IndexNotReady(f"cannot read {vectors_path} ({exc}); {BUILD_HINT}") from exc
+    training = data.get("training")
+    index.training = dict(training) if isinstance(training, dict) else None
     if index.dim != meta.dim or index.ntotal != meta.count:
         raise IndexNotReady(
             f"{vectors_path} holds {index.ntotal} vectors of dim {index.dim} but its sidecar "

@@ -147,7 +147,10 @@ class FileIndexStore:
         self, version: str, dim: int, factory: str, *, train: npt.ArrayLike | None = None
     ) -> FaissIndex:
         version_dir(self.root, version)  # validates the id
-        return FaissIndex.create(dim, factory, train=train)
+        # a compressed index's full vectors go to a file under the root: the same file
+        # system as the version folder, so saving renames it into place
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FaissIndex.create(dim, factory, train=train, workdir=self.root)
 
     def save(self, index: VectorIndex, meta: IndexMeta) -> None:
         if not isinstance(index, FaissIndex):

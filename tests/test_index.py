@@ -140,7 +140,9 @@ def test_choose_factory() -> None:
     assert choose_factory(300_000, 512) == "Flat"
     assert choose_factory(300_001, 512) == "IVF512,Flat"
     assert choose_factory(1_000_000, 1280) == "IVF1024,Flat"
-    assert choose_factory(10**9, 1280) == "IVF32768,Flat"
+    assert choose_factory(1_600_000, 1280) == "IVF1024,Flat"  # 7.6 GiB of raw vectors
+    # beyond 8 GiB of raw vectors: compressed codes, re-ranked from disk (tests/test_ann.py)
+    assert choose_factory(10**9, 1280) == "PCAR512,IVF32768,PQ256x4fs,Refine(SQfp16)"
     with pytest.raises(ValueError):
         choose_factory(10, 0)
 
