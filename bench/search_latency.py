@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [run_sequential(client, photos, args.k, args.masks)]
         if args.clients > 1:
             runs.append(run_concurrent(client, photos, args.k, args.clients, args.masks))
-        state.service.photo_cache = PhotoCache(64 << 20)  # as `roomlens serve` has it
+        state.service.photo_cache = PhotoCache(base.api.photo_cache_mb << 20)  # as served
         runs.append(run_refiltered(client, photos, args.k, args.masks))
     split = encoding_split(runs[0].bodies)
     print_report(runs, split, settings.api.inference_workers)

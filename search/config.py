@@ -158,11 +158,11 @@ class ApiSettings(BaseModel):
         1, ge=1, description="searches run at once; the rest queue (models use all cores)"
     )
     photo_cache_mb: int = Field(
-        64,
+        16,
         ge=0,
         description="memory for what searches saw (instances, masks bit-packed, vectors), by "
         "photo hash: the same photo searched again with other filters skips segmenting and "
-        "embedding (search.photo_cache); 0 = off",
+        "embedding (search.photo_cache; ~100-200 KB a photo); 0 = off",
     )
 
 
