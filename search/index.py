@@ -227,7 +227,16 @@ def _build_faiss(dim: int, factory: str) -> Any:
     if hnsw is not None:
         hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         hnsw.efSearch = HNSW_EF_SEARCH
+    _with_direct_map(inner)
     return faiss.IndexIDMap2(inner)
+
+
+def _with_direct_map(inner: Any) -> None:
+    """Give an IVF index the direct map its vectors are reconstructed through (the id map
+    reconstructs by position; an IVF without one raises "direct map not initialized")."""
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
+        ivf.make_direct_map()
 
 
 def _hnsw_of(inner: Any) -> Any | None:
@@ -358,6 +367,8 @@ class FaissIndex:
         self.nprobe = IVF_NPROBE
         self._is_hnsw = _hnsw_of(index.index) is not None
         self._is_ivf = faiss.try_extract_index_ivf(index.index) is not None
+        if self._is_ivf and type(self) is FaissIndex:
+            _with_direct_map(index.index)  # versions saved before IVF indexes had one
         self._gpu: Any | None = None
         self._gpu_resources: Any | None = None
         self._gpu_device = 0
@@ -456,8 +467,10 @@ class FaissIndex:
         """Delete `ids` (unknown ids are ignored) and return how many vectors were removed.
 
         Flat indexes delete in place. HNSW graphs cannot delete (faiss `remove_ids` is not
-        implemented for them), so the index is rebuilt from the kept vectors: O(n log n) and
-        as slow as indexing them again; batch removals, or rebuild the version offline.
+        implemented for them), and an IVF under the id map cannot either (the id map assumes
+        the inner index renumbers what follows a removal, which IVF lists do not: the kept
+        vectors came back under the wrong ids). Both are rebuilt from the kept vectors, the
+        IVF on its trained cells: as slow as adding them again; batch removals.
         """
         id_arr = np.unique(as_ids(ids))
         if id_arr.size == 0 or self.ntotal == 0:
@@ -466,7 +479,7 @@ class FaissIndex:
         to_remove = id_arr[_isin_sorted(id_arr, existing)]
         if to_remove.size == 0:
             return 0
-        if self.is_hnsw:
+        if self.is_hnsw or self._is_ivf:
             removed = self._rebuild_without(to_remove)
         else:
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(to_remove)))
@@ -484,13 +497,22 @@ class FaissIndex:
             all_ids.size - keep.size,
             all_ids.size,
         )
-        fresh = _build_faiss(self.dim, self.factory)
+        fresh = self._empty_like()
         for start in range(0, keep.size, 65_536):
             chunk = keep[start : start + 65_536]
             fresh.add_with_ids(self._index.reconstruct_batch(chunk), chunk)
         removed = self.ntotal - int(fresh.ntotal)
         self._index = fresh
         return removed
+
+    def _empty_like(self) -> Any:
+        """A new, empty id-mapped index like this one: an IVF keeps its trained cells."""
+        if not self._is_ivf:
+            return _build_faiss(self.dim, self.factory)
+        inner = faiss.clone_index(self._index.index)
+        inner.reset()
+        _with_direct_map(inner)
+        return faiss.IndexIDMap2(inner)
 
     # ------------------------------------------------------------------ queries
 

@@ -466,6 +466,28 @@ def test_ivf_finds_the_nearest_vectors(new_index: NewIndex) -> None:
     hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist(), strict=True))
     assert hits / truth.size > 0.5
     assert idx.remove(ids[:100]) == 100 and idx.ntotal == 3900
+    # the kept vectors keep their ids, and reconstruct (the subset search's, `similar`'s)
+    idx.nprobe = 16
+    kept_v, kept_ids = vectors[100:], ids[100:]
+    assert_same_results(idx.search(queries, 5), brute_force_search(kept_v, kept_ids, queries, 5))
+    np.testing.assert_allclose(idx.reconstruct(ids[[100, 2000]]), vectors[[100, 2000]], atol=1e-6)
+    assert ids[0] not in idx and ids[100] in idx
+
+
+def test_an_ivf_index_saved_and_loaded_still_reconstructs_and_removes(tmp_path: Path) -> None:
+    vectors = random_vectors(2000, seed=5)
+    ids = np.arange(2000, dtype=np.int64) + 7
+    idx = FaissIndex.create(DIM, "IVF16,Flat", train=vectors[:1000])
+    idx.add(ids, vectors)
+    save_index(idx, tmp_path / "v", meta_for(idx, version="v"))
+    loaded, _ = load_index(tmp_path / "v")
+    np.testing.assert_allclose(loaded.reconstruct(ids[:3]), vectors[:3], atol=1e-6)
+    assert loaded.remove(ids[:10]) == 10
+    loaded.nprobe = 16
+    queries = vectors[10:20]
+    assert_same_results(
+        loaded.search(queries, 3), brute_force_search(vectors[10:], ids[10:], queries, 3)
+    )
 
 
 def test_prune_versions_keeps_the_newest_and_the_published(tmp_path: Path) -> None:
