@@ -283,6 +283,12 @@ def as_ids(ids: npt.ArrayLike, *, name: str = "ids") -> IdArray:
     return out
 
 
+def lookup_ids(ids: npt.ArrayLike) -> IdArray:
+    """`ids` to look up: int64, sorted, each once; negative ones (never stored) dropped."""
+    values = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+    return values[values >= 0]
+
+
 def l2_normalize(vectors: npt.ArrayLike) -> Vectors:
     """Rows scaled to unit L2 norm as float32 (all-zero rows stay zero)."""
     arr = np.asarray(vectors, dtype=np.float32)
@@ -337,6 +343,10 @@ class VectorIndex(Protocol):
 
     def __contains__(self, item: object) -> bool:
         """Whether this id is stored."""
+        ...
+
+    def present(self, ids: npt.ArrayLike) -> IdArray:
+        """The ones of `ids` that are stored, sorted and each once (one lookup for all)."""
         ...
 
 
@@ -553,6 +563,11 @@ class FaissIndex:
         existing = self._stored_sorted()
         pos = int(np.searchsorted(existing, item))
         return pos < existing.size and int(existing[pos]) == int(item)
+
+    def present(self, ids: npt.ArrayLike) -> IdArray:
+        """The ones of `ids` that are stored, sorted and each once."""
+        wanted = lookup_ids(ids)
+        return wanted[_isin_sorted(wanted, self._stored_sorted())]
 
     def reconstruct(self, ids: npt.ArrayLike) -> Vectors:
         """The stored vectors (n, dim) of `ids`; raises ValueError naming any unknown id."""

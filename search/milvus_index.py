@@ -62,6 +62,7 @@ from search.index import (
     check_expected,
     check_meta_matches,
     is_generated_version,
+    lookup_ids,
 )
 from search.types import Vectors
 
@@ -296,6 +297,10 @@ class MilvusIndex:
             raise ValueError(f"ids not in the index: {_preview(np.unique(missing))}")
         out = np.stack([np.asarray(stored[int(i)], dtype=np.float32) for i in id_arr])
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def present(self, ids: npt.ArrayLike) -> IdArray:
+        """The ones of `ids` stored in the collection, sorted and each once."""
+        return self._present(lookup_ids(ids))
 
     def _present(self, ids: IdArray) -> IdArray:
         """The ones of `ids` stored in the collection, sorted."""

@@ -453,9 +453,9 @@ def stored_vectors(
     """The vectors of (vector id, stored bytes) rows, as the live index holds them; when it
     holds none of them (a product newer than the served version), the bytes the database
     keeps. Rows with neither are skipped."""
-    served = [vid for vid, _ in rows if vid is not None and vid in index]
-    if served:
-        return index.reconstruct(np.asarray(served, dtype=np.int64))
+    served = index.present([vid for vid, _ in rows if vid is not None])
+    if served.size:
+        return index.reconstruct(served)
     stored = [
         np.frombuffer(raw, dtype=np.float32) for _, raw in rows if raw and len(raw) == dim * 4
     ]

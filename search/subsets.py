@@ -64,7 +64,7 @@ def category_subset(
     )
     if found is None:
         return None
-    served = np.asarray([v for v in found if v in index], dtype=np.int64)
+    served = index.present(found)
     if not len(served):
         return Subset(served, np.zeros((0, index.dim), dtype=np.float32))
     return Subset(served, np.ascontiguousarray(index.reconstruct(served), dtype=np.float32))

@@ -213,6 +213,10 @@ def test_reconstruct(new_index: NewIndex) -> None:
     assert idx.reconstruct(np.array([], dtype=np.int64)).shape == (0, DIM)
     with pytest.raises(ValueError, match="not in the index"):
         idx.reconstruct([ids[0], 5])
+    # which of many ids are stored, in one lookup: sorted, each once
+    asked = [int(ids[7]), 5, int(ids[2]), int(ids[7]), -3]
+    np.testing.assert_array_equal(idx.present(asked), np.sort(ids[[2, 7]]))
+    assert idx.present([]).size == 0
 
 
 def test_input_validation(new_index: NewIndex) -> None:
