@@ -46,6 +46,7 @@ from search.index import (
     _preview,
     as_ids,
     as_vectors,
+    new_batch,
 )
 from search.types import Vectors
 
@@ -161,17 +162,10 @@ class RefinedIndex(FaissIndex):
 
     def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
         """Store `vectors` under `ids`. Raises ValueError for duplicate or already-stored ids."""
-        id_arr = as_ids(ids)
-        vec = as_vectors(vectors, self.dim)
-        if vec.shape[0] != id_arr.shape[0]:
-            raise ValueError(f"{id_arr.shape[0]} ids for {vec.shape[0]} vectors")
+        batch = new_batch(ids, vectors, self.dim)
+        id_arr, vec, order, new_sorted = batch.ids, batch.vectors, batch.order, batch.sorted_ids
         if id_arr.size == 0:
             return
-        order = np.argsort(id_arr, kind="stable")
-        new_sorted = id_arr[order]
-        dup = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
-        if dup.size:
-            raise ValueError(f"duplicate ids in batch: {_preview(np.unique(dup))}")
         present = _isin_sorted(new_sorted, self._map_ids)
         if present.any():
             raise ValueError(f"ids already in the index: {_preview(new_sorted[present])}")

@@ -283,6 +283,31 @@ def as_ids(ids: npt.ArrayLike, *, name: str = "ids") -> IdArray:
     return out
 
 
+@dataclass(frozen=True)
+class NewBatch:
+    """A batch to add, checked: its ids, vectors, and the ids sorted (`order` sorts them)."""
+
+    ids: IdArray
+    vectors: Vectors
+    order: IdArray
+    sorted_ids: IdArray
+
+
+def new_batch(ids: npt.ArrayLike, vectors: npt.ArrayLike, dim: int) -> NewBatch:
+    """`ids` and `vectors` validated for an `add`: as many ids as vectors, no id twice
+    (ValueError otherwise). Whether the ids are stored already is the index's to check."""
+    id_arr = as_ids(ids)
+    vec = as_vectors(vectors, dim)
+    if vec.shape[0] != id_arr.shape[0]:
+        raise ValueError(f"{id_arr.shape[0]} ids for {vec.shape[0]} vectors")
+    order = np.argsort(id_arr, kind="stable")
+    ordered = id_arr[order]
+    dup = ordered[1:][ordered[1:] == ordered[:-1]]
+    if dup.size:
+        raise ValueError(f"duplicate ids in batch: {_preview(np.unique(dup))}")
+    return NewBatch(id_arr, vec, order, ordered)
+
+
 def lookup_ids(ids: npt.ArrayLike) -> IdArray:
     """`ids` to look up: int64, sorted, each once; negative ones (never stored) dropped."""
     values = np.unique(np.asarray(ids, dtype=np.int64).ravel())
@@ -454,16 +479,10 @@ class FaissIndex:
 
     def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
         """Store `vectors` under `ids`. Raises ValueError for duplicate or already-stored ids."""
-        id_arr = as_ids(ids)
-        vec = as_vectors(vectors, self.dim)
-        if vec.shape[0] != id_arr.shape[0]:
-            raise ValueError(f"{id_arr.shape[0]} ids for {vec.shape[0]} vectors")
+        batch = new_batch(ids, vectors, self.dim)
+        id_arr, vec, new_sorted = batch.ids, batch.vectors, batch.sorted_ids
         if id_arr.size == 0:
             return
-        new_sorted = np.sort(id_arr)
-        dup_in_batch = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
-        if dup_in_batch.size:
-            raise ValueError(f"duplicate ids in batch: {_preview(np.unique(dup_in_batch))}")
         existing = self._stored_sorted()
         present = _isin_sorted(new_sorted, existing)
         if present.any():

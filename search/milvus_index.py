@@ -63,6 +63,7 @@ from search.index import (
     check_meta_matches,
     is_generated_version,
     lookup_ids,
+    new_batch,
 )
 from search.types import Vectors
 
@@ -186,16 +187,10 @@ class MilvusIndex:
 
     def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
         """Store `vectors` under `ids`. Raises ValueError for duplicate or already-stored ids."""
-        id_arr = as_ids(ids)
-        vec = as_vectors(vectors, self.dim)
-        if vec.shape[0] != id_arr.shape[0]:
-            raise ValueError(f"{id_arr.shape[0]} ids for {vec.shape[0]} vectors")
+        batch = new_batch(ids, vectors, self.dim)
+        id_arr, vec = batch.ids, batch.vectors
         if id_arr.size == 0:
             return
-        ordered = np.sort(id_arr)
-        dup_in_batch = ordered[1:][ordered[1:] == ordered[:-1]]
-        if dup_in_batch.size:
-            raise ValueError(f"duplicate ids in batch: {_preview(np.unique(dup_in_batch))}")
         present = self._present(id_arr)
         if present.size:
             raise ValueError(f"ids already in the index: {_preview(present)}")

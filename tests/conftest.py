@@ -127,3 +127,13 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session on the migrated test database; rolled back and closed afterwards."""
     with session_factory() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One milvus-lite server for the whole session (tests/milvus_server.py); each test
+    keeps to its own collection prefix."""
+    from tests.milvus_server import lite_server
+
+    with lite_server(tmp_path_factory.mktemp("milvus")) as uri:
+        yield uri

@@ -32,7 +32,7 @@ from search.index import (
     utc_now_iso,
 )
 from search.milvus_index import MilvusIndex, MilvusIndexStore
-from tests.milvus_server import lite_server, lite_store
+from tests.milvus_server import lite_store
 
 DIM = 32
 
@@ -50,12 +50,11 @@ NewIndex = Callable[..., VectorIndex]
 
 
 @pytest.fixture(scope="module")
-def milvus_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusIndexStore]:
-    """One milvus-lite server for the module, one prefix."""
-    with lite_server(tmp_path_factory.mktemp("milvus")) as uri:
-        store = lite_store(uri)
-        yield store
-        store.close()
+def milvus_store(milvus_uri: str) -> Iterator[MilvusIndexStore]:
+    """One store on the session's milvus-lite server for the module, one prefix."""
+    store = lite_store(milvus_uri)
+    yield store
+    store.close()
 
 
 @pytest.fixture(params=["faiss", "milvus"])

@@ -26,12 +26,6 @@ DIM = 16
 EMBEDDER = "emb"
 
 
-@pytest.fixture(scope="module")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with lite_server(tmp_path_factory.mktemp("milvus")) as uri:
-        yield uri
-
-
 @pytest.fixture(params=["faiss", "milvus"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexStore]:
     made: IndexStore = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from search.config import IndexSettings, Settings
 from search.db import InstanceRow, Product, ProductImage, make_engine, make_session_factory
 from search.index import VectorIndex
 from search.index_store import open_index_store
-from tests.milvus_server import lite_server, unique_prefix
+from tests.milvus_server import unique_prefix
 
 
 @pytest.fixture(scope="session")
@@ -84,13 +84,6 @@ def milvus_index_settings(root: Path, uri: str) -> IndexSettings:
         milvus_prefix=unique_prefix(),
         milvus_poll_s=0.0,
     )
-
-
-@pytest.fixture(scope="session")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A milvus-lite server for the whole session (tests/milvus_server.py)."""
-    with lite_server(tmp_path_factory.mktemp("milvus")) as uri:
-        yield uri
 
 
 def backend_settings(request: pytest.FixtureRequest, db_url: str, root: Path) -> Settings:
