@@ -30,6 +30,14 @@ import numpy.typing as npt
 
 logger = logging.getLogger(__name__)
 
+PENDING_PREFIX = ".refine-"  # a build's vectors file until its save renames it into place
+
+
+def stale_pending_files(directory: Path) -> list[Path]:
+    """The vectors files builds left in `directory` (a build that died before its save)."""
+    return sorted(directory.glob(f"{PENDING_PREFIX}*.tmp"))
+
+
 DTYPES = {"float16": np.float16, "float32": np.float32}
 _PAGE = mmap.PAGESIZE
 _COPY_ROWS = 65_536
@@ -114,7 +122,7 @@ class VectorStore:
         first = self.rows
         if self._pending_fh is None:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=self.workdir, prefix=".refine-", suffix=".tmp")
+            fd, name = tempfile.mkstemp(dir=self.workdir, prefix=PENDING_PREFIX, suffix=".tmp")
             self._pending_path = Path(name)
             self._pending_fh = os.fdopen(fd, "wb")
             self._finalizer = weakref.finalize(self, _discard, self._pending_fh, Path(name))

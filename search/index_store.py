@@ -18,6 +18,7 @@ Two stores implement the seam:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -44,6 +45,8 @@ from search.index import (
 
 if TYPE_CHECKING:
     from search.config import IndexSettings
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -150,6 +153,7 @@ class FileIndexStore:
         # a compressed index's full vectors go to a file under the root: the same file
         # system as the version folder, so saving renames it into place
         self.root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(self.root)
         return FaissIndex.create(dim, factory, train=train, workdir=self.root)
 
     def save(self, index: VectorIndex, meta: IndexMeta) -> None:
@@ -202,3 +206,15 @@ def open_index_store(settings: IndexSettings) -> IndexStore:
 
         return MilvusIndexStore.from_settings(settings)
     return FileIndexStore(settings.dir)
+
+
+def _remove_stale_builds(root: Path) -> None:
+    """Delete the vectors files of compressed builds that died before saving (up to the size
+    of the whole catalog each). A build only starts under the indexer lock, so no other
+    build is writing one."""
+    from search.ann_store import stale_pending_files
+
+    for stale in stale_pending_files(root):
+        size = stale.stat().st_size
+        stale.unlink(missing_ok=True)
+        log.warning("removed %s (%d bytes) left by a build that did not finish", stale, size)

@@ -216,3 +216,25 @@ def test_a_move_across_file_systems_copies_then_renames(
     ann_store._move(source, target)
     assert target.read_bytes() == b"vectors" and not source.exists()
     assert len(calls) == 2 and not list(target.parent.glob(".*"))
+
+
+def test_a_new_build_removes_the_vectors_file_of_one_that_died(tmp_path: Path) -> None:
+    """A compressed build that dies before saving leaves its vectors file (up to the whole
+    catalog) in the index root; the next build, which runs under the indexer lock, removes
+    it and builds its own beside the versions."""
+    from search.index_store import FileIndexStore
+
+    root = tmp_path / "index"
+    root.mkdir()
+    stale = root / ".refine-abc123.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    keep = root / "notes.txt"  # not ours
+    keep.write_text("x")
+    vectors = clustered(12_000, 4)
+    factory = choose_factory(12_000, DIM, **SMALL)
+    store = FileIndexStore(root)
+    idx = store.create("20261201T000000000000Z-aaaaaa", DIM, factory, train=vectors[:10_240])
+    assert not stale.exists() and keep.exists()
+    idx.add(np.arange(12_000), vectors)
+    pending = sorted(root.glob(".refine-*.tmp"))
+    assert len(pending) == 1  # this build's own, on the versions' file system
