@@ -429,18 +429,16 @@ class FaissIndex:
         """
         from search.ann import RefinedIndex, is_refine_factory
 
-        if is_refine_factory(factory):
-            if train is None:
-                raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
-            sample = as_vectors(train, dim, name="training vectors")
-            out: FaissIndex = RefinedIndex.build(dim, factory, train=sample, workdir=workdir)
+        index = None if is_refine_factory(factory) else _build_faiss(dim, factory)
+        if index is not None and index.is_trained:
+            return cls(index, factory)
+        if train is None:
+            raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
+        sample = as_vectors(train, dim, name="training vectors")
+        out: FaissIndex
+        if index is None:
+            out = RefinedIndex.build(dim, factory, train=sample, workdir=workdir)
         else:
-            index = _build_faiss(dim, factory)
-            if index.is_trained:
-                return cls(index, factory)
-            if train is None:
-                raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
-            sample = as_vectors(train, dim, name="training vectors")
             logger.info("training %s on %d vectors", factory, sample.shape[0])
             index.train(sample)
             out = cls(index, factory)

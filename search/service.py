@@ -141,12 +141,11 @@ class SearchService:
     ) -> Perceived:
         """The instances, close-up subject and query vectors: from the photo cache, or
         segmented and embedded (and then cached)."""
-        cache = self.photo_cache
-        key = (photo, options.region, options.text) if photo and cache is not None else None
-        if key is not None and cache is not None:
-            cached = cache.get(key)
-            if cached is not None:
-                return cached
+        cache = self.photo_cache if photo else None
+        key = (photo or "", options.region, options.text)
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            return cached
         with timer.stage("segment"):
             instances = self.instances(image, options.region)
         subject = self.closeup_subject(image, instances) if options.region is None else None
@@ -156,7 +155,7 @@ class SearchService:
             if options.text is not None:
                 vectors = self._refine(vectors, options.text)
         perceived = Perceived(instances, subject, vectors)
-        if key is not None and cache is not None:
+        if cache is not None:
             cache.put(key, perceived)
         return perceived
 

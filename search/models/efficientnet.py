@@ -275,7 +275,7 @@ class EfficientNetLiteEmbedder:
         """The square input size the network is built for."""
         return self.spec.resolution
 
-    def _pixels(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+    def pixels(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
         """A normalised (n, 3, R, R) batch of the images squared onto white."""
         size = self.spec.resolution
         pixels = np.stack(
@@ -301,7 +301,7 @@ class EfficientNetLiteEmbedder:
 
     def _features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The last feature map (n, 1280, h, w), before the classifier's pooling."""
-        return self._forward(self._pixels(images))
+        return self._forward(self.pixels(images))
 
     def _pool(self, features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """(n, 1280) pooled features; `weights` (n, h, w) ≥ 0 weights the spatial average."""
@@ -388,10 +388,6 @@ class EfficientNetLiteEmbedder:
             dtype=np.float32,
         )
         return self._normalise(pixels[None])
-
-    def pixels(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
-        """The network's input for these images, as `embed` makes it: (n, 3, R, R)."""
-        return self._pixels(images)
 
     def class_maps(self, image: Image.Image, long_side: int = 640) -> npt.NDArray[np.float32]:
         """(1000, h, w) ImageNet probabilities at every cell of the last feature map.

@@ -144,7 +144,7 @@ def quantize_lite(
         _export_features,
     )
 
-    embedder = EfficientNetLiteEmbedder(variant, runtime="onnx")
+    embedder = EfficientNetLiteEmbedder(variant, runtime="torch")  # preprocessing, weights
     fp32 = _export_features(embedder._model, LITE_SPECS[variant].resolution)
     images = calibration.crops + calibration.cutouts
     feeds: list[Feed] = [{"pixels": embedder.pixels([image])} for image in images]
