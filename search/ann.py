@@ -35,7 +35,6 @@ import numpy.typing as npt
 
 from search.ann_store import VectorStore
 from search.index import (
-    IVF_NPROBE,
     SIDECAR_FILE,
     FaissIndex,
     IdArray,
@@ -96,18 +95,8 @@ class RefinedIndex(FaissIndex):
         self, index: Any, factory: str, store: VectorStore, row_ids: IdArray | None = None
     ) -> None:
         """Wrap a trained compressed faiss `index` (ids are external ids) and its `store`."""
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError("expected an inner-product index (metric 'ip')")
-        self._index = index
-        self.dim = int(index.d)
-        self.factory = factory
-        self.ef_search = 0
-        self.nprobe = IVF_NPROBE
+        self._wrap(index, factory, 0, inner=index)
         self.k_factor = K_FACTOR
-        self._is_hnsw, self._is_ivf = False, True
-        self._gpu, self._gpu_resources, self._gpu_device = None, None, 0
-        self._sorted_ids = None
-        self.training = None
         self.store = store
         rows = np.empty(0, np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
         if rows.shape != (store.rows,):
@@ -116,17 +105,12 @@ class RefinedIndex(FaissIndex):
         self._set_map()
 
     @classmethod
-    def build(
-        cls, dim: int, factory: str, *, train: npt.ArrayLike | None, workdir: Path | None
-    ) -> RefinedIndex:
-        """A new, empty compressed index trained on `train` (see `FaissIndex.create`)."""
+    def build(cls, dim: int, factory: str, *, train: Vectors, workdir: Path | None) -> RefinedIndex:
+        """A new, empty compressed index trained on the sample `train` (checked by
+        `FaissIndex.create`, which calls this)."""
         _, dtype = split_refine(factory)
         index = build_compressed(dim, factory)
-        if train is None:
-            raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
-        sample = as_vectors(train, dim, name="training vectors")
-        logger.info("training %s on %d vectors", factory, sample.shape[0])
-        index.train(sample)
+        index.train(train)
         return cls(index, factory, VectorStore(dim, dtype, workdir=workdir))
 
     @property

@@ -393,6 +393,13 @@ class FaissIndex:
         # (which also keeps the inner index alive) would be garbage-collected.
         if not isinstance(index, faiss.IndexIDMap2):
             raise ValueError(f"expected a faiss.IndexIDMap2, got {type(index).__name__}")
+        self._wrap(index, factory, ef_search, inner=index.index)
+        if self._is_ivf:
+            _with_direct_map(index.index)  # versions saved before IVF indexes had one
+
+    def _wrap(self, index: Any, factory: str, ef_search: int, *, inner: Any) -> None:
+        """The state every index object holds: `index` (searched, saved), and `inner`, the
+        index its kind is read from (the id map's inner index, or `index` itself)."""
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("expected an inner-product index (metric 'ip')")
         self._index = index
@@ -400,10 +407,8 @@ class FaissIndex:
         self.factory = factory
         self.ef_search = ef_search
         self.nprobe = IVF_NPROBE
-        self._is_hnsw = _hnsw_of(index.index) is not None
-        self._is_ivf = faiss.try_extract_index_ivf(index.index) is not None
-        if self._is_ivf and type(self) is FaissIndex:
-            _with_direct_map(index.index)  # versions saved before IVF indexes had one
+        self._is_hnsw = _hnsw_of(inner) is not None
+        self._is_ivf = faiss.try_extract_index_ivf(inner) is not None
         self._gpu: Any | None = None
         self._gpu_resources: Any | None = None
         self._gpu_device = 0
@@ -435,11 +440,11 @@ class FaissIndex:
         if train is None:
             raise ValueError(f"factory {factory!r} needs training vectors (train=...)")
         sample = as_vectors(train, dim, name="training vectors")
+        logger.info("training %s on %d vectors", factory, sample.shape[0])
         out: FaissIndex
         if index is None:
             out = RefinedIndex.build(dim, factory, train=sample, workdir=workdir)
         else:
-            logger.info("training %s on %d vectors", factory, sample.shape[0])
             index.train(sample)
             out = cls(index, factory)
         out.training = training_record(sample)
