@@ -19,9 +19,10 @@ MODELS = ("lite0", "lite2", "box-mask")
 def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
-    from search.models.boxmask import INT8_FILE, WEIGHTS_FILE
+    from search.models.boxmask import INT8_FILE, INT8_SHA256
     from search.models.device import set_torch_threads
     from search.models.efficientnet import INT8_FILES
+    from search.models.own_files import mask_head_file
     from search.models.quantize import cosine_to_fp32, quantize_lite, quantize_mask_head
     from search.models.quantize_data import calibration_set
     from search.models.weights import file_sha256
@@ -32,7 +33,8 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
         args.annotations, photos=args.check, seed=args.seed, skip=args.photos
     )
     checks = held_out.crops + held_out.cutouts
-    out_dir = args.out or settings.models.models_dir
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "annotations": str(args.annotations),
         "photos": len(calibration.scenes),
@@ -42,7 +44,7 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
         "models": {},
     }
     for variant in [v for v in (0, 2) if f"lite{v}" in args.models]:
-        name, _ = INT8_FILES[variant]
+        name, card = INT8_FILES[variant]
         path = out_dir / name
         path.write_bytes(
             quantize_lite(
@@ -52,11 +54,14 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
                 progress=not args.no_progress,
             )
         )
-        cosine = cosine_to_fp32(variant, path, checks)
+        cosine = cosine_to_fp32(variant, path, checks) if checks else None
         report["models"][name] = {
             "sha256": file_sha256(path),
+            "on_its_card": file_sha256(path) == card,
             "bytes": path.stat().st_size,
-            "cosine_to_fp32": {
+            "cosine_to_fp32": None  # no photo was left over to check on
+            if cosine is None
+            else {
                 "images": len(checks),
                 "min": round(float(cosine.min()), 4),
                 "mean": round(float(np.mean(cosine)), 4),
@@ -64,13 +69,26 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
         }
     if "box-mask" in args.models:
         path = out_dir / INT8_FILE
-        weights = settings.models.models_dir / WEIGHTS_FILE
-        path.write_bytes(quantize_mask_head(calibration, weights, progress=not args.no_progress))
+        head = mask_head_file(settings.models)
+        path.write_bytes(
+            quantize_mask_head(
+                calibration,
+                head.path,
+                card_sha256=head.card_sha256,
+                progress=not args.no_progress,
+            )
+        )
         report["models"][INT8_FILE] = {
             "sha256": file_sha256(path),
+            "on_its_card": file_sha256(path) == INT8_SHA256,
             "bytes": path.stat().st_size,
+            "head": str(head.path),
             "check": "roomlens eval-masks, with ROOMLENS_MODELS__PRECISION=fp32 and int8",
         }
+    if out_dir.resolve() == settings.models.models_dir.resolve():
+        report["serve"] = "data/models/: a copy not on its card is refused until its card is"
+    else:
+        report["serve"] = f"ROOMLENS_MODELS__INT8_DIR={out_dir.resolve()}"
     print(json.dumps(report, indent=2))
     return ExitCode.OK
 
@@ -88,7 +106,13 @@ def register(sub: Any) -> None:
         choices=MODELS,
         help="which int8 copies to make (default: all)",
     )
-    p.add_argument("--out", type=Path, default=None, help="default: data/models/")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("int8"),
+        help="directory for the copies (default ./int8; serve them with "
+        "ROOMLENS_MODELS__INT8_DIR; data/models/ remakes the committed ones)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_quantize)

@@ -12,13 +12,12 @@ from search.exit_codes import ExitCode
 
 
 def cmd_train_masks(args: argparse.Namespace, settings: Settings) -> int:
-    from search.models.boxmask import WEIGHTS_FILE
     from search.models.boxmask_train import TrainOptions, train_masks
     from search.models.device import set_torch_threads
     from search.models.weights import file_sha256
 
     set_torch_threads(settings.models.threads)
-    out = args.out or settings.models.models_dir / WEIGHTS_FILE
+    out: Path = args.out
     options = TrainOptions(
         epochs=args.epochs,
         aug=args.aug,
@@ -30,6 +29,8 @@ def cmd_train_masks(args: argparse.Namespace, settings: Settings) -> int:
     report = train_masks(args.annotations, out, folds=args.folds, options=options, feed=args.feed)
     report["weights"] = str(out)
     report["sha256"] = file_sha256(out)
+    report["serve"] = f"ROOMLENS_MODELS__MASK_WEIGHTS={out.resolve()}"
+    report["int8"] = "roomlens quantize --models box-mask (with that setting) makes its int8 copy"
     print(json.dumps(report, indent=2))
     return ExitCode.OK
 
@@ -40,7 +41,13 @@ def register(sub: Any) -> None:
     tsub = train.add_subparsers(dest="train_command", required=True)
     p = tsub.add_parser("masks", help="the box-prompted mask head, on COCO instance masks")
     p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
-    p.add_argument("--out", type=Path, default=None, help="default: data/models/box-mask-lite0.pt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("box-mask-lite0.pt"),
+        help="weights file (default ./box-mask-lite0.pt; serve it with "
+        "ROOMLENS_MODELS__MASK_WEIGHTS)",
+    )
     p.add_argument("--folds", type=int, default=1, help="k > 1: k-fold figures first")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--aug", type=int, default=12, help="augmented crops per instance")

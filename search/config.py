@@ -38,6 +38,11 @@ class ModelSettings(BaseModel):
         description="instance masks: the box-prompted Lite0 mask head (data/models/"
         "box-mask-lite0.pt), or U²-Net-p saliency (mask_mode)",
     )
+    mask_weights: Path | None = Field(
+        None,
+        description="your own mask head (`roomlens train masks --out`), used as it is; unset: "
+        "the committed data/models/box-mask-lite0.pt, checked against its card",
+    )
     mask_mode: Literal["scene", "box"] = Field(
         "scene", description="masker u2netp: once per photo (scene) or once per box (box)"
     )
@@ -84,6 +89,12 @@ class ModelSettings(BaseModel):
         description="int8: onnxruntime runs the committed int8 copies of the pretrained "
         "EfficientNet-Lite0/Lite2 (data/models/, `roomlens quantize`; vectors within a cosine "
         "of ~0.995 of fp32, ~2x faster); fp32 elsewhere and with fp32",
+    )
+    int8_dir: Path | None = Field(
+        None,
+        description="a directory of your own int8 copies (`roomlens quantize --out`), used "
+        "as they are where a file is there; unset: the committed ones, checked against their "
+        "cards",
     )
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = Field(

@@ -56,7 +56,7 @@ WEIGHTS_SHA256 = "8cdc8348d95bbe39480d3a47a19c6372603d691bae5031ffb9fa363f97362d
 # The committed int8 copy of the network with these weights (`roomlens quantize`,
 # search/models/quantize.py) and its sha256 on the card
 INT8_FILE = "box-mask-lite0-int8.onnx"
-INT8_SHA256 = "7d4afbd77797ca42049acb416ed7b85793bc909bbc332a3913796ee35ae8274b"
+INT8_SHA256 = "05a5f4477fab3e0b778132e4816905e758e943a85ea0e19cbac28cf701c38875"
 FROZEN_BLOCKS = 8
 TAPS = (2, 4, 7)  # frozen blocks whose outputs feed the decoder: strides 4, 8, 16
 CL = torch.channels_last
@@ -287,14 +287,16 @@ class LiteBoxMasker:
         expected_sha256: str | None = WEIGHTS_SHA256,
         runtime: str = "onnx",
         int8: Path | None = None,
+        int8_card: bool = True,
     ) -> None:
         """`runtime` "onnx" runs the network in onnxruntime (exported at load, ~1 s; 2-3x
-        faster than torch eager on the CPU), "torch" in torch eager. `int8`: onnxruntime runs
-        that committed int8 copy of the network instead (only of the weights on the card)."""
-        if int8 is not None and (
-            weights is None or runtime != "onnx" or expected_sha256 != WEIGHTS_SHA256
-        ):
-            raise ValueError("the int8 copy is of the committed weights, run by onnxruntime")
+        faster than torch eager on the CPU), "torch" in torch eager. `expected_sha256`: what
+        `weights` must be (None: the user's own head). `int8`: onnxruntime runs that int8 copy
+        of the network instead (checked against its card unless `int8_card` is False), where
+        it was made from `weights` (its metadata names the head); otherwise the fp32 network
+        runs, with a warning."""
+        if int8 is not None and (weights is None or runtime != "onnx"):
+            raise ValueError("an int8 copy is of trained weights, run by onnxruntime")
         set_torch_threads(threads)
         net = lite0(pretrained=True)
         self.frozen = Frozen(net).to(memory_format=CL).eval()
@@ -304,11 +306,10 @@ class LiteBoxMasker:
         if weights is not None:
             self._load(weights, expected_sha256)
         self._session = None
-        self.precision = "int8" if int8 is not None else "fp32"
-        if int8 is not None:
-            from search.models.quantize import read_quantized
-
-            self._session = cpu_session(read_quantized(int8, INT8_SHA256), threads)
+        quantized = None if int8 is None else _paired_int8(int8, int8_card, weights)
+        self.precision = "fp32" if quantized is None else "int8"
+        if quantized is not None:
+            self._session = cpu_session(quantized, threads)
         elif runtime == "onnx":
             self._session = cpu_session(self.export(), threads)
 
@@ -319,8 +320,11 @@ class LiteBoxMasker:
     def _load(self, path: Path, expected: str | None) -> None:
         if not path.is_file():
             raise ModelUnavailable(f"box-mask weights not found: {path} (roomlens train masks)")
-        if expected not in (None, "unset") and file_sha256(path) != expected:
-            raise ModelUnavailable(f"{path} is not the box-mask model on its card (sha256)")
+        if expected is not None and file_sha256(path) != expected:
+            raise ModelUnavailable(
+                f"{path} is not the box-mask model on its card (sha256); serve a head you "
+                "trained with ROOMLENS_MODELS__MASK_WEIGHTS=PATH"
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.head.load_state_dict({k: v.float() for k, v in state.items()})
         logger.info("loaded box-mask head from %s", path)
@@ -361,6 +365,22 @@ class LiteBoxMasker:
             & box_mask(box, image.width, image.height)
             for box, (square, crop) in zip(boxes, self._run(image, boxes), strict=True)
         ]
+
+
+def _paired_int8(int8: Path, card: bool, weights: Path | None) -> bytes | None:
+    """The int8 network at `int8` when it was made from the head `weights`, else None."""
+    from search.models.quantize import head_sha256, read_quantized
+
+    model = read_quantized(int8, INT8_SHA256 if card else None)
+    if weights is not None and head_sha256(model) == file_sha256(weights):
+        return model
+    logger.warning(
+        "%s was made from another mask head than %s: the fp32 network runs instead "
+        "(`roomlens quantize --models box-mask` makes a copy of this head)",
+        int8,
+        weights,
+    )
+    return None
 
 
 def parameter_count(module: nn.Module) -> int:

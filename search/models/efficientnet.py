@@ -197,11 +197,13 @@ def _network(
     runtime: str,
     threads: int,
     int8: Path | None = None,
+    int8_card: bool = True,
 ) -> _Network:
     """The network (and its onnxruntime session), built once per process and key: the lamp
     proposer's Lite0 and the embedder's are one network (one export, ~0.3 s; one copy in
     memory). Both are only read after this, from any thread. With `int8`, the session runs
-    that committed int8 copy instead of an export (the torch model still serves the head)."""
+    that int8 copy instead of an export (the torch model still serves the head), checked
+    against its card unless `int8_card` is False (the user's own copy)."""
     # channels_last: ~20% faster depthwise convs on CPU, identical outputs
     model = build_model(variant, weights).to(
         torch.device(device), memory_format=torch.channels_last
@@ -211,7 +213,7 @@ def _network(
         if int8 is not None:
             from search.models.quantize import read_quantized
 
-            onnx_model = read_quantized(int8, INT8_FILES[variant][1])
+            onnx_model = read_quantized(int8, INT8_FILES[variant][1] if int8_card else None)
         else:
             onnx_model = _export_features(model, LITE_SPECS[variant].resolution)
         session = cpu_session(onnx_model, threads)
@@ -234,10 +236,12 @@ class EfficientNetLiteEmbedder:
         pooling: str = "avg",
         runtime: str = "auto",
         int8: Path | None = None,
+        int8_card: bool = True,
     ) -> None:
-        """`int8`: the committed int8 copy of the pretrained network (`int8_file`), run by
-        onnxruntime instead of the fp32 export (the same vectors to a cosine of about 0.998,
-        about twice as fast; docs/PERFORMANCE.md)."""
+        """`int8`: an int8 copy of the pretrained network (`int8_file`), run by onnxruntime
+        instead of the fp32 export (the same vectors to a cosine of about 0.998, about twice
+        as fast; docs/PERFORMANCE.md); checked against its card unless `int8_card` is False
+        (the user's own copy, `roomlens quantize --out`)."""
         if variant not in LITE_SPECS:
             raise ValueError(f"variant must be one of {sorted(LITE_SPECS)}, got {variant}")
         if pooling not in ("avg", "gem"):
@@ -267,6 +271,7 @@ class EfficientNetLiteEmbedder:
             self.runtime,
             threads,
             int8 if self.precision == "int8" else None,
+            int8_card,
         )
         self._model, self._session = network.model, network.session
 

@@ -37,6 +37,7 @@ Feed = dict[str, npt.NDArray[np.float32]]
 
 FP32_MAX_STRIDE = 4  # EfficientNet-Lite: the stem and the blocks up to this stride stay fp32
 RANGE_FLUSH = 16  # calibration runs whose activations are held before their ranges merge
+HEAD_KEY = "roomlens.head_sha256"  # int8 mask networks: the head file they were made from
 
 
 def early_nodes(
@@ -115,17 +116,37 @@ def node_names(model: bytes) -> list[str]:
     return [node.name for node in onnx.load_from_string(model).graph.node]
 
 
-def read_quantized(path: Path, expected_sha256: str) -> bytes:
-    """The committed int8 model at `path`, or ModelUnavailable when it is missing or is not
-    the file on its card ("unset": not yet on a card, while `roomlens quantize` checks it)."""
+def read_quantized(path: Path, expected_sha256: str | None) -> bytes:
+    """The int8 model at `path`, or ModelUnavailable when it is missing or is not the file
+    on its card (`expected_sha256`; None: the user's own file, `models.int8_dir`)."""
     if not path.is_file():
         raise ModelUnavailable(
             f"int8 model not found: {path} (make it with `roomlens quantize`, or set "
             "ROOMLENS_MODELS__PRECISION=fp32)"
         )
-    if expected_sha256 != "unset" and file_sha256(path) != expected_sha256:
-        raise ModelUnavailable(f"{path} is not the int8 model on its card (sha256)")
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise ModelUnavailable(
+            f"{path} is not the int8 model on its card (sha256); serve your own copies with "
+            "ROOMLENS_MODELS__INT8_DIR=DIR (`roomlens quantize --out DIR`)"
+        )
     return path.read_bytes()
+
+
+def head_sha256(model: bytes) -> str | None:
+    """The sha256 of the mask head an int8 mask network was made from (its metadata)."""
+    import onnx
+
+    props = onnx.load_from_string(model).metadata_props
+    return next((p.value for p in props if p.key == HEAD_KEY), None)
+
+
+def _with_head_sha256(model: bytes, sha256: str) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = HEAD_KEY, sha256
+    return bytes(proto.SerializeToString())
 
 
 def quantize_lite(
@@ -154,13 +175,21 @@ def quantize_lite(
     return quantize(fp32, feeds, keep_fp32=keep, progress=_bar(f"lite{variant}", progress))
 
 
-def quantize_mask_head(calibration: Calibration, weights: Path, *, progress: bool = True) -> bytes:
-    """The int8 copy of the committed box-mask network, calibrated on the calibration
-    photos' boxes; its frozen stem and blocks up to stride 4 stay fp32, as in the embedders
-    (the decoder at stride 4 was measured too: quantizing it costs no IoU)."""
+def quantize_mask_head(
+    calibration: Calibration,
+    weights: Path,
+    *,
+    card_sha256: str | None,
+    progress: bool = True,
+) -> bytes:
+    """The int8 copy of the box-mask network with the head `weights` (checked against
+    `card_sha256`; None: the user's own), calibrated on the calibration photos' boxes, with
+    the head file's sha256 in its metadata (`head_sha256`): the masker pairs a copy only with
+    the head it was made from. Its frozen stem and blocks up to stride 4 stay fp32, as in the
+    embedders (the decoder at stride 4 was measured too: quantizing it costs no IoU)."""
     from search.models.boxmask import LiteBoxMasker, lite0, prepare
 
-    masker = LiteBoxMasker(weights, runtime="torch")
+    masker = LiteBoxMasker(weights, runtime="torch", expected_sha256=card_sha256)
     fp32 = masker.export()
     feeds: list[Feed] = []
     for scene, box in calibration.prompts:
@@ -172,7 +201,8 @@ def quantize_mask_head(calibration: Calibration, weights: Path, *, progress: boo
         stem=("/frozen/stem/", "/frozen/bn0/", "/frozen/act"),
         blocks="/frozen/blocks.",
     )
-    return quantize(fp32, feeds, keep_fp32=keep, progress=_bar("box-mask", progress))
+    made = quantize(fp32, feeds, keep_fp32=keep, progress=_bar("box-mask", progress))
+    return _with_head_sha256(made, file_sha256(weights))
 
 
 def _bar(name: str, show: bool) -> Callable[[Sequence[Feed]], Iterable[Feed]]:
@@ -188,5 +218,7 @@ def cosine_to_fp32(
     from search.models.efficientnet import EfficientNetLiteEmbedder
 
     fp32 = EfficientNetLiteEmbedder(variant, pooling="gem", runtime="onnx")
-    quantized = EfficientNetLiteEmbedder(variant, pooling="gem", runtime="onnx", int8=int8)
+    quantized = EfficientNetLiteEmbedder(
+        variant, pooling="gem", runtime="onnx", int8=int8, int8_card=False
+    )
     return np.sum(fp32.embed(images) * quantized.embed(images), axis=1)

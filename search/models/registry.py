@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from search.coco import classes_for
 from search.config import ModelSettings
@@ -62,13 +61,15 @@ def _lite_variant(name: str) -> tuple[int, str]:
     return parsed
 
 
-def _int8(settings: ModelSettings, variant: int, pretrained: bool) -> Path | None:
-    """The int8 copy the settings ask for, where one exists of these weights."""
-    from search.models.efficientnet import int8_file
+def _int8(settings: ModelSettings, variant: int, pretrained: bool) -> dict[str, Any]:
+    """The int8 copy the settings ask for (the embedder's `int8`, `int8_card` arguments),
+    where one exists of these weights."""
+    from search.models.own_files import lite_int8_file
 
-    if settings.precision != "int8" or not pretrained:
-        return None
-    return int8_file(settings.models_dir, variant)
+    found = lite_int8_file(settings, variant) if pretrained else None
+    if settings.precision != "int8" or found is None:
+        return {}
+    return {"int8": found.path, "int8_card": not found.own}
 
 
 def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embedder:
@@ -82,7 +83,7 @@ def _efficientnet(name: str, settings: ModelSettings, pretrained: bool) -> Embed
         threads=settings.threads,
         device=resolve_device(settings.device),
         runtime=settings.runtime,
-        int8=_int8(settings, variant, pretrained),
+        **_int8(settings, variant, pretrained),
     )
 
 
@@ -159,7 +160,7 @@ def _lamp_proposer(settings: ModelSettings) -> Detector:
         threads=settings.threads,
         device="cpu",
         runtime=settings.runtime,
-        int8=_int8(settings, 0, pretrained=True),
+        **_int8(settings, 0, pretrained=True),
     )
     return ClassMapProposer(
         model, threshold=settings.lamp_threshold, long_side=settings.lamp_long_side
@@ -265,16 +266,20 @@ def build_masker(settings: ModelSettings, *, pretrained: bool = True) -> BoxMask
     inside the lite segmenter); `pretrained=False` gives a seeded random head."""
     if settings.masker == "u2netp":
         return None
-    from search.models.boxmask import INT8_FILE, WEIGHTS_FILE, LiteBoxMasker
+    from search.models.boxmask import INT8_FILE, INT8_SHA256, LiteBoxMasker
+    from search.models.own_files import int8_file, mask_head_file
 
-    weights = settings.models_dir / WEIGHTS_FILE if pretrained else None
+    head = mask_head_file(settings)
     runtime = "torch" if settings.runtime == "torch" else "onnx"  # the masker runs on the CPU
-    int8 = pretrained and runtime == "onnx" and settings.precision == "int8"
+    int8 = int8_file(settings, INT8_FILE, INT8_SHA256)
+    quantized = pretrained and runtime == "onnx" and settings.precision == "int8"
     return LiteBoxMasker(
-        weights,
+        head.path if pretrained else None,
         threads=settings.threads,
         runtime=runtime,
-        int8=settings.models_dir / INT8_FILE if int8 else None,
+        expected_sha256=head.card_sha256,
+        int8=int8.path if quantized else None,
+        int8_card=not int8.own,
     )
 
 

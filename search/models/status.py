@@ -193,22 +193,27 @@ def boxmask_status(settings: ModelSettings, check_load: bool) -> list[ModelStatu
     """The box-prompted mask head's weights (data/models/box-mask-lite0.pt), when configured."""
     if settings.masker != "lite0-boxmask":
         return []
-    from search.models.boxmask import INT8_FILE, WEIGHTS_FILE, LiteBoxMasker
+    from search.models.boxmask import INT8_FILE, INT8_SHA256
+    from search.models.own_files import int8_file, mask_head_file
+    from search.models.registry import build_masker
 
-    path = settings.models_dir / WEIGHTS_FILE
-    int8 = settings.models_dir / INT8_FILE
+    head, int8 = mask_head_file(settings), int8_file(settings, INT8_FILE, INT8_SHA256)
+    fp32 = settings.model_copy(update={"precision": "fp32"})
 
     def build() -> object:
-        return LiteBoxMasker(path, threads=settings.threads)
+        return build_masker(fp32)
 
     def build_int8() -> object:
-        return LiteBoxMasker(path, threads=settings.threads, int8=int8)
+        masker = build_masker(settings)
+        if getattr(masker, "precision", None) != "int8":
+            raise RoomlensError(f"{int8.path} was made from another mask head: fp32 runs")
+        return masker
 
-    rows = [_status("box masker", "lite0-boxmask", path, build if check_load else None)]
+    name = "lite0-boxmask" + (" (own)" if head.own else "")
+    rows = [_status("box masker", name, head.path, build if check_load else None)]
     if settings.precision == "int8":
-        rows.append(
-            _status("box masker", "lite0-boxmask int8", int8, build_int8 if check_load else None)
-        )
+        int8_name = "lite0-boxmask int8" + (" (own)" if int8.own else "")
+        rows.append(_status("box masker", int8_name, int8.path, build_int8 if check_load else None))
     return rows
 
 
@@ -228,17 +233,21 @@ def _efficientnet_int8_row(
     name: str, settings: ModelSettings, check_load: bool
 ) -> list[ModelStatus]:
     """The committed int8 copy of the variant (data/models/), where one is made."""
-    from search.models.efficientnet import EfficientNetLiteEmbedder, int8_file, parse_lite_name
+    from search.models.efficientnet import EfficientNetLiteEmbedder, parse_lite_name
+    from search.models.own_files import lite_int8_file
 
     parsed = parse_lite_name(name)
-    path = int8_file(settings.models_dir, parsed[0]) if parsed else None
-    if parsed is None or path is None:
+    found = lite_int8_file(settings, parsed[0]) if parsed else None
+    if parsed is None or found is None:
         return []
 
     def build() -> object:
-        return EfficientNetLiteEmbedder(parsed[0], threads=settings.threads, int8=path)
+        return EfficientNetLiteEmbedder(
+            parsed[0], threads=settings.threads, int8=found.path, int8_card=not found.own
+        )
 
-    return [_status("embedder", f"{name} int8", path, build if check_load else None)]
+    label = f"{name} int8" + (" (own)" if found.own else "")
+    return [_status("embedder", label, found.path, build if check_load else None)]
 
 
 def _efficientnet_row(

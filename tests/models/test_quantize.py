@@ -82,7 +82,7 @@ def test_int8_needs_the_pretrained_weights_and_the_file_on_the_card(tmp_path: Pa
     other.write_bytes(b"not the committed model")
     with pytest.raises(ModelUnavailable, match="sha256"):
         read_quantized(other, efficientnet.INT8_FILES[0][1])
-    with pytest.raises(ValueError, match="committed weights"):
+    with pytest.raises(ValueError, match="of trained weights"):
         boxmask.LiteBoxMasker(None, int8=MODELS / boxmask.INT8_FILE)
 
 
