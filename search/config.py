@@ -48,6 +48,12 @@ class ModelSettings(BaseModel):
     )
     crop_margin: float = Field(0.1, ge=0.0, le=1.0)
     crop_mode: Literal["box", "mask", "soft"] = "box"
+    mask_pooling: bool = Field(
+        True,
+        description="room-photo queries: the embedder pools its feature map under the "
+        "instance's mask (it still sees the whole box crop); the catalog side is unchanged "
+        "(docs/MASKS.md, 'Mask-aware embedding')",
+    )
     lamp_proposals: bool = Field(
         True, description="add lamp boxes from ImageNet class maps (the lite segmenter)"
     )

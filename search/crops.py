@@ -11,7 +11,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from search.masks import box_from_mask
-from search.types import BoolMask, Box, Instance
+from search.types import BoolMask, Box, FloatMask, Instance
 
 if TYPE_CHECKING:
     from search.models.u2net import U2NetMasker
@@ -80,8 +80,7 @@ def crop_instance(
     width, height = image.size
     if not croppable(instance.box, width, height):
         raise ValueError(f"degenerate box {instance.box.as_list()} in a {width}x{height} image")
-    box = instance.box.clip(width, height)
-    left, top, right, bottom = box.expand(margin, width, height).pixels(width, height)
+    left, top, right, bottom = _crop_rect(instance.box, width, height, margin)
     crop = image.convert("RGB").crop((left, top, right, bottom))
     if mode == "box":
         return crop
@@ -92,6 +91,21 @@ def crop_instance(
         return _composite(crop, mask.astype(np.float32), fill)
     sigma = feather if feather is not None else max(1.0, 0.02 * max(crop.size))
     return _composite(crop, _soft_alpha(mask, sigma), fill)
+
+
+def _crop_rect(box: Box, width: int, height: int, margin: float) -> tuple[int, int, int, int]:
+    """The crop's pixel rectangle: the box clipped, grown by `margin` of its size, clipped."""
+    return box.clip(width, height).expand(margin, width, height).pixels(width, height)
+
+
+def crop_mask(image: Image.Image, instance: Instance, *, margin: float = 0.1) -> FloatMask:
+    """`instance`'s mask over the rectangle `crop_instance` crops (float32, 0 or 1): the
+    weights of mask pooling (`MaskPoolingEmbedder`)."""
+    width, height = image.size
+    if instance.mask.shape != (height, width):
+        raise ValueError(f"mask shape {instance.mask.shape} does not match image {width}x{height}")
+    left, top, right, bottom = _crop_rect(instance.box, width, height, margin)
+    return np.asarray(instance.mask[top:bottom, left:right], dtype=np.float32)
 
 
 def _frame(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

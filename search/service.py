@@ -12,13 +12,13 @@ from sqlalchemy.orm import Session
 
 from search import catalog, subsets
 from search.config import ModelSettings
-from search.crops import MIN_BOX_SIDE, crop_instance, croppable
+from search.crops import MIN_BOX_SIDE, crop_instance, crop_mask, croppable
 from search.errors import InvalidInput
 from search.filters import ProductFilter, fetch_schedule
 from search.index import VectorIndex
 from search.live import LiveIndex, LoadedIndex
 from search.masks import box_mask, exclusive
-from search.models.base import BoxMasker, Embedder, Segmenter
+from search.models.base import BoxMasker, Embedder, MaskPoolingEmbedder, Segmenter
 from search.photo_cache import Perceived, PhotoCache
 from search.segmentation import Segmentation
 from search.subsets import Subset, category_subset
@@ -201,13 +201,16 @@ class SearchService:
         return base.restricted_to(self.category_policy(instance))
 
     def embed_instances(self, image: Image.Image, instances: Sequence[Instance]) -> np.ndarray:
-        """One vector per instance, from its crop."""
+        """One vector per instance, from its crop (pooled under its mask with
+        `mask_pooling`, where the embedder can)."""
+        margin = self.settings.crop_margin
         crops = [
-            crop_instance(
-                image, inst, margin=self.settings.crop_margin, mode=self.settings.crop_mode
-            )
+            crop_instance(image, inst, margin=margin, mode=self.settings.crop_mode)
             for inst in instances
         ]
+        if self.settings.mask_pooling and isinstance(self.embedder, MaskPoolingEmbedder):
+            masks = [crop_mask(image, inst, margin=margin) for inst in instances]
+            return self.embedder.embed_weighted(crops, masks)
         return self.embedder.embed(crops)
 
     def similar(self, sku: str, options: SearchOptions | None = None) -> SimilarResult:

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 BoolMask = npt.NDArray[np.bool_]
+FloatMask = npt.NDArray[np.float32]  # soft masks and pooling weights, 0..1
 Vectors = npt.NDArray[np.float32]
 
 

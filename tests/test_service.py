@@ -77,6 +77,22 @@ class FakeEmbedder:
         return np.stack(rows).astype(np.float32)
 
 
+class MaskPoolingFakeEmbedder(FakeEmbedder):
+    """As FakeEmbedder, and with mask pooling the colour under the mask's first full pixel."""
+
+    def embed_weighted(
+        self, images: Sequence[Image.Image], masks: Sequence[np.ndarray | None] | None
+    ) -> Vectors:
+        assert masks is not None and len(masks) == len(images)
+        table = {RED: QUERY_RED, BLUE: QUERY_BLUE}
+        rows = []
+        for image, mask in zip(images, masks, strict=True):
+            assert mask is not None and mask.shape == (image.height, image.width)
+            y, x = np.argwhere(mask >= 1.0)[0]
+            rows.append(table[image.convert("RGB").getpixel((int(x), int(y)))])
+        return np.stack(rows).astype(np.float32)
+
+
 def _photo() -> Image.Image:
     image = Image.new("RGB", (200, 100), RED)
     image.paste(BLUE, (100, 0, 200, 100))
@@ -663,3 +679,25 @@ def test_a_photo_of_several_things_is_not_a_closeup(world: World) -> None:
     world.service.settings = world.service.settings.model_copy(update={"closeup": False})
     off = world.service.search(_photo(), SearchOptions(k=5))
     assert [_ranking(g.products) for g in on.groups] == [_ranking(g.products) for g in off.groups]
+
+
+@pytest.mark.parametrize("pooling", [False, True])
+def test_mask_pooling_embeds_each_instance_under_its_mask(
+    world: World, pooling: bool, tmp_path: Path
+) -> None:
+    """A box that spans red and blue, masked on the blue part: box pooling sees the crop's
+    centre (red); mask pooling gets the crop-aligned mask and sees blue."""
+    photo = Image.new("RGB", (200, 100), RED)
+    photo.paste(BLUE, (150, 0, 200, 100))
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[:, 160:190] = True
+    instance = Instance(Box(20, 0, 200, 100), "couch", 0.9, mask)
+    service = SearchService(
+        segmenter=FakeSegmenter(),
+        embedder=MaskPoolingFakeEmbedder(),
+        live_index=world.service.live_index,
+        session_factory=world.service.session_factory,
+        settings=ModelSettings(crop_margin=0.1, mask_pooling=pooling),
+    )
+    (vector,) = service.embed_instances(photo, [instance])
+    np.testing.assert_allclose(vector, QUERY_BLUE if pooling else QUERY_RED)

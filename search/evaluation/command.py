@@ -69,7 +69,8 @@ def eval_command(
         "vectors": loaded.meta.count,
         "embedder": loaded.meta.embedder,
         "segmenter": service.segmenter.name,
-        "crop": f"{settings.models.crop_mode}, margin {settings.models.crop_margin}",
+        "crop": f"{settings.models.crop_mode}, margin {settings.models.crop_margin}"
+        + (", mask pooling" if settings.models.mask_pooling else ""),
         "detector_score": settings.models.detector_score,
         "furniture_categories": ", ".join(sorted(FURNITURE)),
         "closeup_rule": (

@@ -18,9 +18,9 @@ from search.errors import FeedError
 from search.evaluation.closeups import CloseupFraming, closeup_image, closeups, right_products
 from search.evaluation.metrics import PhotoOutcome, RankedInstance
 from search.images import read_image_file
-from search.models.base import Embedder, Segmenter
+from search.models.base import Embedder, MaskPoolingEmbedder, Segmenter
 from search.service import SearchOptions, SearchService
-from search.types import Instance, SearchResult, Vectors
+from search.types import FloatMask, Instance, SearchResult, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +95,39 @@ class MemoEmbedder:
         self._vectors: dict[bytes, np.ndarray] = {}
 
     def embed(self, images: Sequence[Image.Image]) -> Vectors:
-        keys = [_pixels_key(im) for im in images]
-        missing = {k: im for k, im in zip(keys, images, strict=True) if k not in self._vectors}
+        return self.embed_weighted(images, None)
+
+    def embed_weighted(
+        self, images: Sequence[Image.Image], masks: Sequence[FloatMask | None] | None
+    ) -> Vectors:
+        """`embed`, with mask pooling where the inner embedder can (keyed by crop and mask)."""
+        weights = list(masks) if masks is not None else [None] * len(images)
+        keys = [_pixels_key(im, m) for im, m in zip(images, weights, strict=True)]
+        missing = {
+            k: (im, m)
+            for k, im, m in zip(keys, images, weights, strict=True)
+            if k not in self._vectors
+        }
         if missing:
             if len(self._vectors) + len(missing) > self.size:
                 self._vectors.clear()
-            fresh = self.inner.embed(list(missing.values()))
+            crops = [im for im, _ in missing.values()]
+            pooled = [m for _, m in missing.values()]
+            if isinstance(self.inner, MaskPoolingEmbedder) and any(m is not None for m in pooled):
+                fresh = self.inner.embed_weighted(crops, pooled)
+            else:
+                fresh = self.inner.embed(crops)
             self._vectors.update(zip(missing, fresh, strict=True))
         if not keys:
             return np.empty((0, self.dim), dtype=np.float32)
         return np.stack([self._vectors[k] for k in keys]).astype(np.float32)
 
 
-def _pixels_key(image: Image.Image) -> bytes:
+def _pixels_key(image: Image.Image, mask: FloatMask | None = None) -> bytes:
     digest = hashlib.blake2b(image.tobytes(), digest_size=16)
     digest.update(f"{image.mode}{image.size}".encode())
+    if mask is not None:
+        digest.update(np.ascontiguousarray(mask, dtype=np.float32).tobytes())
     return digest.digest()
 
 

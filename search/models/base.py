@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from search.types import BoolMask, Box, Detection, Instance, Vectors
+from search.types import BoolMask, Box, Detection, FloatMask, Instance, Vectors
 
 
 @runtime_checkable
@@ -56,6 +56,19 @@ class Embedder(Protocol):
 
     def embed(self, images: Sequence[Image.Image]) -> Vectors:
         """An (n, dim) float32 array, each row of unit L2 norm."""
+        ...
+
+
+@runtime_checkable
+class MaskPoolingEmbedder(Embedder, Protocol):
+    """An `Embedder` that can also pool its feature map under a soft mask per image, so the
+    vector describes the masked object while the network still sees the whole crop."""
+
+    def embed_weighted(
+        self, images: Sequence[Image.Image], masks: Sequence[FloatMask | None] | None
+    ) -> Vectors:
+        """`embed` with each image's pooling weighted by its mask (image-sized, 0..1; None:
+        uniform)."""
         ...
 
 

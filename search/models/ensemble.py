@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from search.models.base import Embedder
-from search.types import Vectors
+from search.models.base import Embedder, MaskPoolingEmbedder
+from search.types import FloatMask, Vectors
 
 SEPARATOR = "+"
 
@@ -35,4 +35,22 @@ class ConcatEmbedder:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         pieces = [np.asarray(part.embed(images), dtype=np.float32) for part in self.parts]
+        return (np.concatenate(pieces, axis=1) * self._scale).astype(np.float32, copy=False)
+
+    def embed_weighted(
+        self, images: Sequence[Image.Image], masks: Sequence[FloatMask | None] | None
+    ) -> Vectors:
+        """`embed` with mask-weighted pooling in the parts that can (`MaskPoolingEmbedder`);
+        the others embed as usual."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pieces = [
+            np.asarray(
+                part.embed_weighted(images, masks)
+                if isinstance(part, MaskPoolingEmbedder)
+                else part.embed(images),
+                dtype=np.float32,
+            )
+            for part in self.parts
+        ]
         return (np.concatenate(pieces, axis=1) * self._scale).astype(np.float32, copy=False)

@@ -42,6 +42,32 @@ def test_memo_embedder_embeds_each_distinct_crop_once() -> None:
     assert memo.embed([]).shape == (0, 2)
 
 
+class PoolingCountingEmbedder(CountingEmbedder):
+    """Its pooled vector's first value is the mask's mean: different masks, other vectors."""
+
+    def embed_weighted(
+        self, images: Sequence[Image.Image], masks: Sequence[np.ndarray | None] | None
+    ) -> np.ndarray:
+        assert masks is not None
+        self.embedded += len(images)
+        return np.array([[float(np.mean(m)), 1.0] for m in masks], np.float32)
+
+
+def test_memo_embedder_pools_by_mask_and_keys_by_crop_and_mask() -> None:
+    inner = PoolingCountingEmbedder()
+    memo = MemoEmbedder(inner)
+    red = Image.new("RGB", (4, 4), (255, 0, 0))
+    half, full = np.zeros((4, 4), np.float32), np.ones((4, 4), np.float32)
+    half[:, :2] = 1.0
+    out = memo.embed_weighted([red, red, red], [half, full, half])
+    assert inner.embedded == 2
+    np.testing.assert_allclose(out[:, 0], [0.5, 1.0, 0.5])
+    plain = memo.embed([red])  # no mask: its own key, the plain vector
+    assert inner.embedded == 3 and plain[0, 0] == 1.0
+    counting = CountingEmbedder()  # an inner embedder that cannot pool embeds as usual
+    np.testing.assert_allclose(MemoEmbedder(counting).embed_weighted([red], [half]), [[1.0, 1.0]])
+
+
 class FakeService:
     """Finds one couch filling 80% of whatever photo it gets, with `products`."""
 
