@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from search.models.base import Embedder
-from search.types import Vectors
+from search.models.base import Embedder, MaskPoolingEmbedder
+from search.types import FloatMask, Vectors
 
 FORMAT = 1
 
@@ -110,7 +110,17 @@ class AdaptedEmbedder:
         self.dim = inner.dim
 
     def embed(self, images: Sequence[Image.Image]) -> Vectors:
-        vectors = self.inner.embed(images)
+        return self._adapt(self.inner.embed(images))
+
+    def embed_weighted(
+        self, images: Sequence[Image.Image], masks: Sequence[FloatMask | None] | None
+    ) -> Vectors:
+        """The inner embedder's mask-pooled vectors (plain ones if it cannot), adapted."""
+        if isinstance(self.inner, MaskPoolingEmbedder):
+            return self._adapt(self.inner.embed_weighted(images, masks))
+        return self.embed(images)
+
+    def _adapt(self, vectors: Vectors) -> Vectors:
         if len(vectors) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.adapter.apply(vectors)

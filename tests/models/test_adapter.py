@@ -71,6 +71,28 @@ def test_adapted_embedder_keeps_identity_and_unit_rows() -> None:
     assert wrapped.embed([]).shape == (0, DIM)
 
 
+class _Pooling(_Fixed):
+    """Its mask-pooled vector is the plain one of the image's left half."""
+
+    def embed_weighted(
+        self, images: Sequence[Image.Image], masks: Sequence[np.ndarray | None] | None
+    ) -> Vectors:
+        return self.embed([im.crop((0, 0, im.width // 2, im.height)) for im in images])
+
+
+def test_adapted_embedder_adapts_mask_pooled_vectors_where_the_inner_one_pools() -> None:
+    rng = np.random.default_rng(2)
+    adapter = LinearAdapter(DIM, weight=rng.normal(size=(DIM, DIM)).astype(np.float32))
+    image = Image.new("RGB", (8, 8), (200, 10, 10))
+    image.paste((10, 10, 200), (4, 0, 8, 8))
+    masks = [np.ones((8, 8), np.float32)]
+    pooled = AdaptedEmbedder(_Pooling(), adapter).embed_weighted([image], masks)
+    left = image.crop((0, 0, 4, 8))
+    np.testing.assert_allclose(pooled, adapter.apply(_Fixed().embed([left])), atol=1e-6)
+    plain = AdaptedEmbedder(_Fixed(), adapter)  # cannot pool by mask: plain vectors, adapted
+    np.testing.assert_allclose(plain.embed_weighted([image], masks), plain.embed([image]))
+
+
 @pytest.mark.parametrize("rank", [None, 4])
 def test_training_starts_at_identity_and_loss_falls(rank: int | None) -> None:
     q, t, c = _problem()
