@@ -13,6 +13,7 @@ the sha256 on their card (data/models/README.md).
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import logging
 import math
@@ -374,13 +375,19 @@ def _paired_int8(int8: Path, card: bool, weights: Path | None) -> bytes | None:
     model = read_quantized(int8, INT8_SHA256 if card else None)
     if weights is not None and head_sha256(model) == file_sha256(weights):
         return model
+    _warn_unpaired(int8, weights)
+    return None
+
+
+@functools.cache
+def _warn_unpaired(int8: Path, weights: Path | None) -> None:
+    """Once per process and pair (a process may build the masker more than once)."""
     logger.warning(
         "%s was made from another mask head than %s: the fp32 network runs instead "
         "(`roomlens quantize --models box-mask` makes a copy of this head)",
         int8,
         weights,
     )
-    return None
 
 
 def parameter_count(module: nn.Module) -> int:
