@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LOCAL_START_ATTEMPTS = 2  # a local Ray gets a second start if the first does not come up
+
 WINDOW = 10_000  # images per Ray Dataset
 
 
@@ -125,14 +127,26 @@ def _ray() -> Any:
 
 
 def _connect(ray: Any, address: str | None) -> None:
-    """Join the cluster at `address`, or start a local Ray on this machine's cores."""
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RayUnavailable(f"cannot connect to Ray at {address or 'a local Ray'}: {exc}") from exc
+    """Join the cluster at `address`, or start a local Ray on this machine's cores.
+
+    A local Ray that does not come up within Ray's own wait (30 s, fixed; seen on a 2-core
+    machine the first time Ray starts after it was installed) is started once more."""
+    attempts = 1 if address else LOCAL_START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            break
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = address or "a local Ray"
+            raise RayUnavailable(f"cannot connect to Ray at {where}: {exc}") from exc
+        except Exception as exc:  # a node that does not start in time is a bare Exception
+            ray.shutdown()
+            if attempt == attempts:
+                raise RayUnavailable(f"Ray did not start: {exc}") from exc
+            log.warning("a local Ray did not start (%s); starting it once more", exc)
     log.info("Ray: %s", ray.cluster_resources())

@@ -42,3 +42,38 @@ def test_ray_engine_gives_the_same_index_as_the_local_engine(
     state = read_state(distributed)
     state.assert_consistent()
     state.assert_same_as(read_state(local))
+
+
+class _SlowRay:
+    """A `ray` module whose local node fails to start `fails` times, as Ray's own startup
+    wait reports it (a bare Exception), then starts."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails, self.inits, self.shutdowns = fails, 0, 0
+
+    def init(self, **_: Any) -> None:
+        self.inits += 1
+        if self.inits <= self.fails:
+            raise Exception("The current node timed out during startup.")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 2.0}
+
+
+def test_a_local_ray_that_does_not_come_up_is_started_once_more() -> None:
+    from indexer.engine_ray import RayUnavailable, _connect
+
+    slow = _SlowRay(fails=1)
+    _connect(slow, None)
+    assert (slow.inits, slow.shutdowns) == (2, 1)
+    dead = _SlowRay(fails=5)
+    with pytest.raises(RayUnavailable, match="Ray did not start"):
+        _connect(dead, None)
+    assert (dead.inits, dead.shutdowns) == (2, 2)
+    remote = _SlowRay(fails=1)  # a cluster address is not restarted: it is not ours
+    with pytest.raises(RayUnavailable):
+        _connect(remote, "ray://cluster:10001")
+    assert remote.inits == 1
