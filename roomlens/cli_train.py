@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.config import Settings
 from search.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from search.models.base import Segmenter
 
 
 def cmd_train_masks(args: argparse.Namespace, settings: Settings) -> int:
@@ -26,13 +30,35 @@ def cmd_train_masks(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    report = train_masks(args.annotations, out, folds=args.folds, options=options, feed=args.feed)
+    report = train_masks(
+        args.annotations,
+        out,
+        folds=args.folds,
+        options=options,
+        feed=args.feed,
+        segmenter_for=_segmenter_for(settings),
+    )
     report["weights"] = str(out)
     report["sha256"] = file_sha256(out)
     report["serve"] = f"ROOMLENS_MODELS__MASK_WEIGHTS={out.resolve()}"
     report["int8"] = "roomlens quantize --models box-mask (with that setting) makes its int8 copy"
     print(json.dumps(report, indent=2))
     return ExitCode.OK
+
+
+def _segmenter_for(settings: Settings) -> Callable[[Path], Segmenter]:
+    """A head file -> the configured lite segmenter masking with it (fp32: no int8 copy of a
+    fold's head exists), for the k-fold whole-photo figures."""
+    from search.models.boxmask import LiteBoxMasker
+    from search.models.registry import build_segmenter
+
+    models = settings.models.model_copy(update={"segmenter": "lite", "masker": "lite0-boxmask"})
+
+    def segmenter(head: Path) -> Segmenter:
+        masker = LiteBoxMasker(head, threads=models.threads, expected_sha256=None)
+        return build_segmenter(models, masker=masker)
+
+    return segmenter
 
 
 def register(sub: Any) -> None:

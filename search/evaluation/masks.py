@@ -153,43 +153,72 @@ def box_prompted(
     return scores
 
 
-def whole_photo(
-    coco: Any, images: Sequence[GtImage], segmenter: Segmenter, *, progress: bool = True
-) -> WholePhotoScores:
-    """COCO mask and box AP of `segmenter` on every photo, over the classes it names."""
+@dataclass
+class Detections:
+    """What a segmenter returned on some photos, in COCO result form, to be scored at once
+    (`score_detections`): k-fold runs gather every fold's photos before scoring."""
+
+    segm: list[dict[str, Any]] = field(default_factory=list)
+    bbox: list[dict[str, Any]] = field(default_factory=list)
+    named: set[int] = field(default_factory=set)  # COCO category ids it returned
+    filled: list[float] = field(default_factory=list)  # mask area / box area per mask
+    image_ids: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def detect(
+    coco: Any,
+    images: Sequence[GtImage],
+    segmenter: Segmenter,
+    into: Detections | None = None,
+    *,
+    progress: bool = True,
+) -> Detections:
+    """`segmenter` on every photo, its masks made exclusive as the service returns them,
+    added to `into` (a new `Detections` when None)."""
     from pycocotools import mask as coco_mask
 
+    out = into if into is not None else Detections()
     ids = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
-    segm: list[dict[str, Any]] = []
-    bbox: list[dict[str, Any]] = []
-    named: set[int] = set()
-    filled: list[float] = []
-    seconds = 0.0
     for gt in tqdm(images, desc="whole photo", disable=not progress, unit="photo"):
         image = read_image_file(gt.path)
         start = time.perf_counter()
         found = exclusive(segmenter.segment(image))  # as the service returns them
-        seconds += time.perf_counter() - start
+        out.seconds += time.perf_counter() - start
+        out.image_ids.append(gt.image_id)
         for inst in found:
             if inst.label not in ids:
                 continue  # a class COCO does not have (lamp)
-            named.add(ids[inst.label])
+            out.named.add(ids[inst.label])
             rle = coco_mask.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
             x0, y0, x1, y1 = inst.box.as_list()
             common = {"image_id": gt.image_id, "category_id": ids[inst.label], "score": inst.score}
-            segm.append({**common, "segmentation": rle})
-            bbox.append({**common, "bbox": [x0, y0, x1 - x0, y1 - y0]})
-            filled.append(inst.mask_area / max(1.0, inst.box.area))
-    cat_ids = sorted(named or _segmenter_classes(segmenter, ids))
-    image_ids = [gt.image_id for gt in images]
+            out.segm.append({**common, "segmentation": rle})
+            out.bbox.append({**common, "bbox": [x0, y0, x1 - x0, y1 - y0]})
+            out.filled.append(inst.mask_area / max(1.0, inst.box.area))
+    if not out.named:
+        out.named.update(_segmenter_classes(segmenter, ids))
+    return out
+
+
+def score_detections(coco: Any, found: Detections) -> WholePhotoScores:
+    """COCO mask and box AP of `found` over the classes the segmenter named, on its photos."""
+    cat_ids = sorted(found.named)
     return WholePhotoScores(
-        mask_ap=_coco_ap(coco, segm, "segm", cat_ids, image_ids),
-        box_ap=_coco_ap(coco, bbox, "bbox", cat_ids, image_ids),
-        box_shaped=float(np.mean([f > BOX_SHAPED for f in filled])) if filled else 0.0,
-        instances=len(segm),
-        ms_per_photo=1000.0 * seconds / max(1, len(images)),
+        mask_ap=_coco_ap(coco, found.segm, "segm", cat_ids, found.image_ids),
+        box_ap=_coco_ap(coco, found.bbox, "bbox", cat_ids, found.image_ids),
+        box_shaped=float(np.mean([f > BOX_SHAPED for f in found.filled])) if found.filled else 0.0,
+        instances=len(found.segm),
+        ms_per_photo=1000.0 * found.seconds / max(1, len(found.image_ids)),
     )
+
+
+def whole_photo(
+    coco: Any, images: Sequence[GtImage], segmenter: Segmenter, *, progress: bool = True
+) -> WholePhotoScores:
+    """COCO mask and box AP of `segmenter` on every photo, over the classes it names."""
+    return score_detections(coco, detect(coco, images, segmenter, progress=progress))
 
 
 def _segmenter_classes(segmenter: Segmenter, ids: Mapping[str, int]) -> set[int]:

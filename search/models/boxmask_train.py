@@ -12,8 +12,9 @@ measures each on the images it never saw; the shipped head is trained on all of 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from search.evaluation.masks import MIN_AREA, GtImage, GtInstance, load_ground_truth
+from search.evaluation.masks import (
+    MIN_AREA,
+    Detections,
+    GtImage,
+    GtInstance,
+    detect,
+    load_ground_truth,
+    score_detections,
+)
 from search.masks import box_mask, mask_iou
+from search.models.base import Segmenter
 from search.models.boxmask import (
     CL,
     SIZE,
@@ -326,10 +336,15 @@ def train_masks(
     folds: int = 1,
     options: TrainOptions = TrainOptions(),
     feed: Path | None = None,
+    segmenter_for: Callable[[Path], Segmenter] | None = None,
 ) -> dict[str, object]:
     """Train (k-fold figures first when `folds` > 1) and save the head trained on every image;
-    with `feed` and `options.composites`, catalog cut-outs composited into the photos too."""
-    _, images = load_ground_truth(annotations)
+    with `feed` and `options.composites`, catalog cut-outs composited into the photos too.
+
+    With `segmenter_for` (a head file -> the segmenter that masks with it), the k-fold run
+    also segments each fold's photos whole with that fold's head and scores all of them at
+    once: the whole-photo mask and box AP out of sample (`kfold_whole_photo`)."""
+    coco, images = load_ground_truth(annotations)
     frozen = Frozen(lite0()).to(memory_format=CL).eval()
     cutouts: list[Cutout] = []
     if feed is not None and options.composites > 0:
@@ -338,13 +353,28 @@ def train_masks(
     if folds > 1:
         fold_of = folds_of(images, folds, options.seed)
         rows: list[tuple[float, float, str]] = []
+        found = Detections()
         for fold in range(folds):
             train = [g for g in images if fold_of[g.image_id] != fold]
             test = [g for g in images if fold_of[g.image_id] == fold]
             result = train_head(build_features(frozen, train, options, cutouts), options)
             rows += evaluate_head(frozen, result.head, test)
+            if segmenter_for is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_head(result.head, Path(tmp) / "fold.pt")
+                    segmenter = segmenter_for(Path(tmp) / "fold.pt")
+                    detect(coco, test, segmenter, found, progress=options.progress)
             logger.info("fold %d: %d test instances, %.0f s", fold, len(rows), result.seconds)
         report["kfold"] = summarise(rows)
+        if segmenter_for is not None:
+            whole = score_detections(coco, found)
+            report["kfold_whole_photo"] = {
+                "mask_ap": round(whole.mask_ap, 4),
+                "box_ap": round(whole.box_ap, 4),
+                "ratio": round(whole.ratio, 4),
+                "box_shaped": round(whole.box_shaped, 4),
+                "masks": whole.instances,
+            }
     result = train_head(build_features(frozen, images, options, cutouts), options)
     save_head(result.head, out)
     report.update(final_loss=float(np.mean(result.losses[-20:])), seconds=round(result.seconds, 1))

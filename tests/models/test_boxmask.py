@@ -21,7 +21,8 @@ from search.models.boxmask_train import (
     save_head,
     train_head,
 )
-from search.types import Box
+from search.models.weights import file_sha256
+from search.types import Box, Instance
 from tests.tiny_coco import write_annotations
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -145,6 +146,47 @@ def test_train_masks_reports_k_fold_figures_and_writes_the_head(tmp_path: Path) 
     assert kfold["furniture_instances"] == 2  # the chair and the couch; the person is not
     assert 0.0 <= kfold["all_miou"] <= 1.0 and 0.7 < kfold["box_all_miou"] <= 1.0
     assert out.is_file() and LiteBoxMasker(out, threads=1, expected_sha256=None).name
+
+
+def test_k_fold_whole_photo_figures_segment_each_photo_with_its_folds_head(
+    tmp_path: Path,
+) -> None:
+    """Every photo is segmented once, by a segmenter masking with the head of the fold that
+    never saw it, and all folds are scored together."""
+    from search.models.boxmask_train import train_masks
+
+    seen: list[tuple[str, int]] = []
+
+    class OneChair:
+        """Masks a fixed box with the fold's head and calls it a chair."""
+
+        name = "one-chair"
+
+        def __init__(self, head: Path) -> None:
+            self.masker = LiteBoxMasker(head, threads=1, expected_sha256=None)
+            self.head = file_sha256(head)
+
+        def segment(self, image: Image.Image) -> list[Instance]:
+            seen.append((self.head, image.width))
+            box = Box(10, 20, 50, 60)
+            (mask,) = self.masker.masks(image, [box])
+            return [Instance(box, "chair", 0.9, mask)]
+
+        def segment_product(self, image: Image.Image) -> list[Instance]:
+            return self.segment(image)
+
+    options = TrainOptions(epochs=1, aug=2, batch=2, progress=False)
+    report = train_masks(
+        write_annotations(tmp_path),
+        tmp_path / "head.pt",
+        folds=2,
+        options=options,
+        segmenter_for=OneChair,
+    )
+    whole = report["kfold_whole_photo"]
+    assert isinstance(whole, dict) and whole["masks"] == 2  # one per photo, both folds
+    assert 0.0 <= whole["mask_ap"] <= 1.0 and 0.0 <= whole["box_ap"] <= 1.0
+    assert len(seen) == 2 and seen[0][0] != seen[1][0]  # two photos, two folds' heads
 
 
 def test_features_with_occluders_and_composites(
