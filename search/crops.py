@@ -80,7 +80,7 @@ def crop_instance(
     width, height = image.size
     if not croppable(instance.box, width, height):
         raise ValueError(f"degenerate box {instance.box.as_list()} in a {width}x{height} image")
-    left, top, right, bottom = _crop_rect(instance.box, width, height, margin)
+    left, top, right, bottom = crop_rect(instance.box, width, height, margin)
     crop = image.convert("RGB").crop((left, top, right, bottom))
     if mode == "box":
         return crop
@@ -93,8 +93,9 @@ def crop_instance(
     return _composite(crop, _soft_alpha(mask, sigma), fill)
 
 
-def _crop_rect(box: Box, width: int, height: int, margin: float) -> tuple[int, int, int, int]:
-    """The crop's pixel rectangle: the box clipped, grown by `margin` of its size, clipped."""
+def crop_rect(box: Box, width: int, height: int, margin: float = 0.1) -> tuple[int, int, int, int]:
+    """The crop's pixel rectangle: the box clipped, grown by `margin` of its size per side,
+    clipped again (the embedder's crops and the mask head's)."""
     return box.clip(width, height).expand(margin, width, height).pixels(width, height)
 
 
@@ -104,7 +105,7 @@ def crop_mask(image: Image.Image, instance: Instance, *, margin: float = 0.1) ->
     width, height = image.size
     if instance.mask.shape != (height, width):
         raise ValueError(f"mask shape {instance.mask.shape} does not match image {width}x{height}")
-    left, top, right, bottom = _crop_rect(instance.box, width, height, margin)
+    left, top, right, bottom = crop_rect(instance.box, width, height, margin)
     return np.asarray(instance.mask[top:bottom, left:right], dtype=np.float32)
 
 

@@ -14,15 +14,14 @@ from search.ann import REFINE_FILE, REFINE_IDS_FILE, RefinedIndex, split_refine
 from search.errors import IndexNotReady
 from search.index import (
     FaissIndex,
-    IndexMeta,
     brute_force_search,
     choose_factory,
     l2_normalize,
     load_index,
     save_index,
     training_size,
-    utc_now_iso,
 )
+from tests.test_index import meta_for
 
 DIM, N = 64, 20_000
 #: thresholds scaled down so 20k vectors of 64-d get the compressed index
@@ -52,18 +51,6 @@ def built(
     idx = FaissIndex.create(DIM, factory, train=sample, workdir=tmp_path / "work")
     idx.add(ids, vectors)
     return idx, ids, vectors
-
-
-def meta_for(idx: FaissIndex, version: str) -> IndexMeta:
-    return IndexMeta(
-        embedder="e",
-        dim=idx.dim,
-        metric="ip",
-        count=idx.ntotal,
-        factory=idx.factory,
-        version=version,
-        indexed_at=utc_now_iso(),
-    )
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -134,7 +121,7 @@ def test_save_load_round_trip_with_a_memory_mapped_store(
     queries = data[2]
     before = idx.search(queries, 10)
     v1 = tmp_path / "v1"
-    save_index(idx, v1, meta_for(idx, "v1"))
+    save_index(idx, v1, meta_for(idx, version="v1"))
     assert not list((tmp_path / "work").iterdir())  # the build's file was moved, not copied
     sidecar = json.loads((v1 / "index.json").read_text())
     assert sidecar["factory"] == "PCAR64,IVF256,PQ32x4fs,Refine(SQfp16)"
@@ -152,7 +139,7 @@ def test_save_load_round_trip_with_a_memory_mapped_store(
     loaded.remove(ids[:100])
     extra = clustered(50, 7)
     loaded.add(np.arange(50) + 10**6, extra)
-    save_index(loaded, tmp_path / "v2", meta_for(loaded, "v2"))
+    save_index(loaded, tmp_path / "v2", meta_for(loaded, version="v2"))
     again, _ = load_index(tmp_path / "v2")
     assert again.ntotal == N - 50 and (10**6 + 3) in again and ids[0] not in again
     assert isinstance(again, RefinedIndex) and again.dead_codes == 0
@@ -169,7 +156,7 @@ def test_load_refuses_missing_or_truncated_store(
 ) -> None:
     idx = built[0]
     target = tmp_path / "v"
-    save_index(idx, target, meta_for(idx, "v"))
+    save_index(idx, target, meta_for(idx, version="v"))
     with open(target / REFINE_FILE, "r+b") as fh:
         fh.truncate(1000)
     with pytest.raises(IndexNotReady, match="size"):

@@ -31,6 +31,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 from torch import nn
 
+from search.crops import crop_rect
 from search.errors import ModelUnavailable
 from search.masks import box_mask
 from search.models.device import set_torch_threads
@@ -73,13 +74,6 @@ class Crop:
 
     rect: tuple[int, int, int, int]  # left, top, right, bottom in the photo
     geometry: tuple[int, int, int, int]  # new_w, new_h, left, top inside the square
-
-
-def crop_rect(
-    box: Box, width: int, height: int, margin: float = MARGIN
-) -> tuple[int, int, int, int]:
-    """The pixel rectangle of the crop: the box clipped, grown by `margin`, clipped again."""
-    return box.clip(width, height).expand(margin, width, height).pixels(width, height)
 
 
 def _resize(values: Array, width: int, height: int) -> Array:

@@ -183,12 +183,6 @@ class _Network:
     session: ort.InferenceSession | None  # runtime "onnx": the exported feature extractor
 
 
-def int8_file(models_dir: Path, variant: int) -> Path | None:
-    """Where the int8 copy of the pretrained `variant` lies, or None when none is made."""
-    entry = INT8_FILES.get(variant)
-    return None if entry is None else models_dir / entry[0]
-
-
 @functools.lru_cache(maxsize=6)
 def _network(
     variant: int,
@@ -238,10 +232,10 @@ class EfficientNetLiteEmbedder:
         int8: Path | None = None,
         int8_card: bool = True,
     ) -> None:
-        """`int8`: an int8 copy of the pretrained network (`int8_file`), run by onnxruntime
-        instead of the fp32 export (the same vectors to a cosine of about 0.998, about twice
-        as fast; docs/PERFORMANCE.md); checked against its card unless `int8_card` is False
-        (the user's own copy, `roomlens quantize --out`)."""
+        """`int8`: an int8 copy of the pretrained network (`own_files.lite_int8_file`), run
+        by onnxruntime instead of the fp32 export (the same vectors to a cosine of about
+        0.998, about twice as fast; docs/PERFORMANCE.md); checked against its card unless
+        `int8_card` is False (the user's own copy, `roomlens quantize --out`)."""
         if variant not in LITE_SPECS:
             raise ValueError(f"variant must be one of {sorted(LITE_SPECS)}, got {variant}")
         if pooling not in ("avg", "gem"):

@@ -15,7 +15,8 @@ from PIL import Image
 from search.config import ModelSettings
 from search.errors import ModelUnavailable
 from search.models import boxmask, efficientnet
-from search.models.efficientnet import EfficientNetLiteEmbedder, build_model, int8_file
+from search.models.efficientnet import EfficientNetLiteEmbedder, build_model
+from search.models.own_files import lite_int8_file
 from search.models.quantize import early_nodes, node_names, quantize, read_quantized
 from search.models.quantize_data import calibration_set
 from search.models.registry import build_embedder, build_masker
@@ -39,14 +40,16 @@ def _photos() -> list[Image.Image]:
 
 @pytest.mark.parametrize("variant", sorted(efficientnet.INT8_FILES))
 def test_committed_int8_embedders_are_on_their_cards(variant: int) -> None:
-    path = int8_file(MODELS, variant)
-    assert path is not None and file_sha256(path) == efficientnet.INT8_FILES[variant][1]
+    found = lite_int8_file(ModelSettings(), variant)
+    assert found is not None and not found.own
+    path = found.path
+    assert file_sha256(path) == efficientnet.INT8_FILES[variant][1]
     assert path.name in (MODELS / "README.md").read_text()
 
 
 def test_int8_lite0_vectors_and_class_maps_match_fp32() -> None:
     fp32 = EfficientNetLiteEmbedder(0, pooling="gem")
-    int8 = EfficientNetLiteEmbedder(0, pooling="gem", int8=int8_file(MODELS, 0))
+    int8 = EfficientNetLiteEmbedder(0, pooling="gem", int8=MODELS / efficientnet.INT8_FILES[0][0])
     assert (fp32.precision, int8.precision) == ("fp32", "int8")
     photos = _photos()
     crops = [p.crop((p.width // 4, p.height // 4, p.width // 2, p.height)) for p in photos]
@@ -73,7 +76,7 @@ def test_settings_pick_the_precision() -> None:
 
 def test_int8_needs_the_pretrained_weights_and_the_file_on_the_card(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="int8 copies exist only"):
-        EfficientNetLiteEmbedder(0, pretrained=False, int8=int8_file(MODELS, 0))
+        EfficientNetLiteEmbedder(0, pretrained=False, int8=MODELS / efficientnet.INT8_FILES[0][0])
     with pytest.raises(ValueError, match="int8 copies exist only"):
         EfficientNetLiteEmbedder(1, int8=MODELS / "lite1.onnx")
     with pytest.raises(ModelUnavailable, match="roomlens quantize"):
