@@ -55,9 +55,10 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
         cosine = cosine_to_fp32(variant, path, checks) if checks else None
+        sha256 = file_sha256(path)
         report["models"][name] = {
-            "sha256": file_sha256(path),
-            "on_its_card": file_sha256(path) == card,
+            "sha256": sha256,
+            "on_its_card": sha256 == card,
             "bytes": path.stat().st_size,
             "cosine_to_fp32": None  # no photo was left over to check on
             if cosine is None
@@ -78,9 +79,10 @@ def cmd_quantize(args: argparse.Namespace, settings: Settings) -> int:
                 progress=not args.no_progress,
             )
         )
+        sha256 = file_sha256(path)
         report["models"][INT8_FILE] = {
-            "sha256": file_sha256(path),
-            "on_its_card": file_sha256(path) == INT8_SHA256,
+            "sha256": sha256,
+            "on_its_card": sha256 == INT8_SHA256,
             "bytes": path.stat().st_size,
             "head": str(head.path),
             "check": "roomlens eval-masks, with ROOMLENS_MODELS__PRECISION=fp32 and int8",

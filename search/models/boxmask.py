@@ -298,10 +298,11 @@ class LiteBoxMasker:
         self.head = new_head(net).to(memory_format=CL).eval()
         self.threshold = threshold
         self.name = "lite0-boxmask" if weights is not None else "lite0-boxmask-random"
+        head_sha256 = None
         if weights is not None:
-            self._load(weights, expected_sha256)
+            head_sha256 = self._load(weights, expected_sha256)
         self._session = None
-        quantized = None if int8 is None else _paired_int8(int8, int8_card, weights)
+        quantized = None if int8 is None else _paired_int8(int8, int8_card, head_sha256)
         self.precision = "fp32" if quantized is None else "int8"
         if quantized is not None:
             self._session = cpu_session(quantized, threads)
@@ -312,10 +313,12 @@ class LiteBoxMasker:
         """The network (frozen blocks and head) as an ONNX model, as onnxruntime runs it."""
         return _export(_Network(self.frozen, self.head))
 
-    def _load(self, path: Path, expected: str | None) -> None:
+    def _load(self, path: Path, expected: str | None) -> str:
+        """Load the head's weights from `path` (checked against `expected`); their sha256."""
         if not path.is_file():
             raise ModelUnavailable(f"box-mask weights not found: {path} (roomlens train masks)")
-        if expected is not None and file_sha256(path) != expected:
+        sha256 = file_sha256(path)
+        if expected is not None and sha256 != expected:
             raise ModelUnavailable(
                 f"{path} is not the box-mask model on its card (sha256); serve a head you "
                 "trained with ROOMLENS_MODELS__MASK_WEIGHTS=PATH"
@@ -323,6 +326,7 @@ class LiteBoxMasker:
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.head.load_state_dict({k: v.float() for k, v in state.items()})
         logger.info("loaded box-mask head from %s", path)
+        return sha256
 
     def probabilities(self, image: Image.Image, boxes: Sequence[Box]) -> list[Array]:
         """Per box, the object's probability over the whole photo."""
@@ -362,25 +366,26 @@ class LiteBoxMasker:
         ]
 
 
-def _paired_int8(int8: Path, card: bool, weights: Path | None) -> bytes | None:
-    """The int8 network at `int8` when it was made from the head `weights`, else None."""
+def _paired_int8(int8: Path, card: bool, head: str | None) -> bytes | None:
+    """The int8 network at `int8` when it was made from the head whose sha256 is `head`,
+    else None."""
     from search.models.quantize import head_sha256, read_quantized
 
     model = read_quantized(int8, INT8_SHA256 if card else None)
-    if weights is not None and head_sha256(model) == file_sha256(weights):
+    if head is not None and head_sha256(model) == head:
         return model
-    _warn_unpaired(int8, weights)
+    _warn_unpaired(int8, head)
     return None
 
 
 @functools.cache
-def _warn_unpaired(int8: Path, weights: Path | None) -> None:
+def _warn_unpaired(int8: Path, head: str | None) -> None:
     """Once per process and pair (a process may build the masker more than once)."""
     logger.warning(
-        "%s was made from another mask head than %s: the fp32 network runs instead "
+        "%s was made from another mask head (sha256 %s): the fp32 network runs instead "
         "(`roomlens quantize --models box-mask` makes a copy of this head)",
         int8,
-        weights,
+        head,
     )
 
 

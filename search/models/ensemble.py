@@ -32,22 +32,19 @@ class ConcatEmbedder:
 
     def embed(self, images: Sequence[Image.Image]) -> Vectors:
         """An (n, dim) float32 array of unit rows."""
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        pieces = [np.asarray(part.embed(images), dtype=np.float32) for part in self.parts]
-        return (np.concatenate(pieces, axis=1) * self._scale).astype(np.float32, copy=False)
+        return self.embed_weighted(images, None)
 
     def embed_weighted(
         self, images: Sequence[Image.Image], masks: Sequence[FloatMask | None] | None
     ) -> Vectors:
         """`embed` with mask-weighted pooling in the parts that can (`MaskPoolingEmbedder`);
-        the others embed as usual."""
+        the others, and every part without `masks`, embed as usual."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         pieces = [
             np.asarray(
                 part.embed_weighted(images, masks)
-                if isinstance(part, MaskPoolingEmbedder)
+                if masks is not None and isinstance(part, MaskPoolingEmbedder)
                 else part.embed(images),
                 dtype=np.float32,
             )
