@@ -205,8 +205,9 @@ class ProductPublic(BaseModel):
     category: str | None
     score: float = Field(
         description="match score that ranks products across the photo's instances: the "
-        "product's share of its instance's match probability (0..1), or the cosine similarity "
-        "when score calibration is off (models.score_temperature = 0)"
+        "product's share of its instance's match probability (0..1) times the instance's "
+        "detector confidence to models.confidence_power (2; 1 for a drawn region), or the "
+        "cosine similarity when score calibration is off (models.score_temperature = 0)"
     )
     similarity: float | None = Field(
         None, description="cosine similarity of the best matching product image"

@@ -57,7 +57,13 @@ class ModelSettings(BaseModel):
     lamp_proposals: bool = Field(
         True, description="add lamp boxes from ImageNet class maps (the lite segmenter)"
     )
-    lamp_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    lamp_threshold: float = Field(
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="class-map probability that makes a lamp proposal; low, since a weak "
+        "proposal's products rank after the confident objects' (confidence_power)",
+    )
     lamp_long_side: int = Field(
         960, ge=224, le=2048, description="the photo's longer side for the lamp class maps"
     )
@@ -82,6 +88,13 @@ class ModelSettings(BaseModel):
         le=1.0,
         description="softmax temperature that turns an instance's similarities into match "
         "probabilities (the score); 0 = raw cosine similarity",
+    )
+    confidence_power: float = Field(
+        2.0,
+        ge=0.0,
+        le=8.0,
+        description="a room photo's product scores are scaled by their instance's detector "
+        "confidence to this power, so confident objects rank first across the photo; 0 = off",
     )
     models_dir: Path = REPO_ROOT / "data" / "models"
     threads: int = Field(0, ge=0, description="torch/onnxruntime threads; 0 = all cores")

@@ -126,10 +126,12 @@ class SearchService:
         perceived = self._perceive(image, options, photo, timer)
         instances, subject, vectors = perceived.instances, perceived.subject, perceived.vectors
         filters = [self.filter_for(inst, options.filters) for inst in instances]
+        weights = [confidence_weight(inst, self.settings.confidence_power) for inst in instances]
         if subject is not None:
             filters.append(filters[subject])  # the whole photo, searched as its subject
-        ranked = self._rank(loaded.index, vectors, filters, options, timer)
-        self._widen_empty(loaded.index, vectors, ranked, filters, options, timer)
+            weights.append(weights[subject])
+        ranked = self._rank(loaded.index, vectors, filters, options, timer, weights)
+        self._widen_empty(loaded.index, vectors, ranked, filters, options, timer, weights)
         if subject is not None:
             whole = ranked.pop()
             ranked[subject] = merge_best([ranked[subject], whole], options.k)
@@ -269,12 +271,20 @@ class SearchService:
         filters: Sequence[ProductFilter],
         options: SearchOptions,
         timer: Timer,
+        weights: Sequence[float],
     ) -> None:
         """An instance whose compatible categories hold nothing searches every category."""
         empty = [i for i, hits in enumerate(ranked) if not hits and filters[i] != options.filters]
         if not empty:
             return
-        wider = self._rank(index, vectors[empty], [options.filters] * len(empty), options, timer)
+        wider = self._rank(
+            index,
+            vectors[empty],
+            [options.filters] * len(empty),
+            options,
+            timer,
+            [weights[i] for i in empty],
+        )
         for i, hits in zip(empty, wider, strict=True):
             ranked[i] = hits
 
@@ -348,8 +358,10 @@ class SearchService:
         filters: Sequence[ProductFilter],
         options: SearchOptions,
         timer: Timer,
+        weights: Sequence[float] | None = None,
     ) -> list[list[ProductHit]]:
-        """Top products per query vector, fetching more from the index while filters starve."""
+        """Top products per query vector, fetching more from the index while filters starve;
+        each query's calibrated scores scaled by its weight (`confidence_weight`; 1 if None)."""
         hits: list[list[ProductHit]] = [[] for _ in range(len(vectors))]
         temperature = self.settings.score_temperature
         pool = max(options.k, CALIBRATION_POOL) if temperature > 0 else options.k
@@ -359,7 +371,8 @@ class SearchService:
         with self.session_factory() as session:
             for searched, group in self._targets(session, index, live, filters, timer):
                 self._page(session, searched, vectors, group, filters, pool, rows, hits, timer)
-        return [finish(h, temperature, options) for h in hits]
+        weights = [1.0] * len(hits) if weights is None else weights
+        return [finish(h, temperature, options, w) for h, w in zip(hits, weights, strict=True)]
 
 
 def _searched_by_categories(
@@ -391,6 +404,21 @@ def rank_products(
     return _Ranked(list(hits.values()), needs_more=True)
 
 
+def confidence_weight(instance: Instance, power: float) -> float:
+    """How much an instance's products count against the other instances' in one photo: its
+    detector confidence raised to `power`, so that a product's score reads as the chance
+    that the object is really there times the chance it is this product. NanoDet's scores
+    are over-confident low down: on the 100 COCO photos of docs/MASKS.md the chance that a
+    furniture detection is right is close to score² (the maximum-likelihood power over its
+    detections from 0.05 up is 2.0; docs/QUALITY.md, round 4). A drawn region and the
+    whole-photo fallback have confidence 1; the whole photo searched for a close-up's subject
+    takes the subject's weight (`SearchService.search`). `power` 0 weighs every instance
+    alike."""
+    if power <= 0:
+        return 1.0
+    return float(min(max(instance.score, 0.0), 1.0) ** power)
+
+
 def calibrate(hits: Sequence[ProductHit], temperature: float) -> list[ProductHit]:
     """Scores made comparable between instances: each product's share of its instance's match
     probability, a softmax of the similarities (at `temperature`) over the instance's best
@@ -410,10 +438,13 @@ def calibrate(hits: Sequence[ProductHit], temperature: float) -> list[ProductHit
 
 
 def finish(
-    hits: Sequence[ProductHit], temperature: float, options: SearchOptions
+    hits: Sequence[ProductHit], temperature: float, options: SearchOptions, weight: float = 1.0
 ) -> list[ProductHit]:
-    """Calibrated, cut at `options.min_score` and at `options.k`."""
+    """Calibrated, scaled by the query's `weight` (calibrated scores only), cut at
+    `options.min_score` and at `options.k`."""
     scored = calibrate(hits, temperature)
+    if temperature > 0 and weight != 1.0:
+        scored = [replace(h, score=h.score * weight) for h in scored]
     if options.min_score is not None:
         scored = [h for h in scored if h.score >= options.min_score]
     return scored[: options.k]

@@ -5,7 +5,7 @@ category policy, regions and look-alike products)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from search.service import (
     SearchService,
     calibrate,
     closeup_subject,
+    confidence_weight,
     merge_best,
 )
 from search.types import Box, Instance, ProductHit, Vectors
@@ -544,17 +545,58 @@ def test_calibrated_scores_are_match_probabilities(
     reference = _brute_force(world, QUERY_RED, every, 30)
     sims = np.array([score for _, score in reference])
     weights = np.exp((sims - sims[0]) / 0.05)
-    expected = weights / weights[:CALIBRATION_POOL].sum()
     red = service.search(_photo(), SearchOptions(k=30)).groups[0]
+    confidence = red.instance.score**2  # models.confidence_power: 2 by default
+    expected = weights / weights[:CALIBRATION_POOL].sum() * confidence
     assert [h.sku for h in red.products] == [sku for sku, _ in reference]
     np.testing.assert_allclose([h.score for h in red.products], expected, rtol=1e-4)
     np.testing.assert_allclose([h.similarity for h in red.products], sims, atol=1e-5)
-    assert sum(h.score for h in red.products[:CALIBRATION_POOL]) == pytest.approx(1.0)
+    assert sum(h.score for h in red.products[:CALIBRATION_POOL]) == pytest.approx(confidence)
     top3 = service.search(_photo(), SearchOptions(k=3)).groups[0].products
     assert [(h.sku, h.score) for h in top3] == [(h.sku, h.score) for h in red.products[:3]]
     cut = red.products[4].score
     kept = service.search(_photo(), SearchOptions(k=30, min_score=cut)).groups[0].products
     assert [h.sku for h in kept] == [h.sku for h in red.products[:5]]
+
+
+def test_confidence_weights_scores_across_instances(
+    world: World, tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    """Each instance's calibrated scores are scaled by its detector confidence to
+    `confidence_power` (0: off), so a less confident instance's products rank lower across
+    the photo; the order within an instance, the similarities and `min_score` follow."""
+    service = _service(tmp_path / "index", session_factory, temperature=0.05)
+    flat = service.search(_photo(), SearchOptions(k=10))
+    assert [g.instance.score for g in flat.groups] == [0.9, 0.8]
+    for power in (0.0, 1.0, 4.0):
+        service.settings = service.settings.model_copy(update={"confidence_power": power})
+        got = service.search(_photo(), SearchOptions(k=10))
+        for plain, weighted in zip(flat.groups, got.groups, strict=True):
+            weight = weighted.instance.score**power
+            assert [h.sku for h in weighted.products] == [h.sku for h in plain.products]
+            assert [h.similarity for h in weighted.products] == [
+                h.similarity for h in plain.products
+            ]
+            unweighted = [h.score / plain.instance.score**2 for h in plain.products]
+            np.testing.assert_allclose(
+                [h.score for h in weighted.products], np.array(unweighted) * weight, rtol=1e-6
+            )
+    service.settings = service.settings.model_copy(update={"confidence_power": 0.0})
+    plain = service.search(_photo(), SearchOptions(k=CALIBRATION_POOL)).groups
+    assert sum(h.score for h in plain[0].products[:CALIBRATION_POOL]) == pytest.approx(1.0)
+    # the region a shopper draws is certain: confidence 1, its scores are the plain shares
+    service.settings = service.settings.model_copy(update={"confidence_power": 2.0})
+    drawn = SearchOptions(k=CALIBRATION_POOL, region=Box(0, 0, 100, 100))
+    (region,) = service.search(_photo(), drawn).groups
+    assert region.instance.score == 1.0
+    assert sum(h.score for h in region.products[:CALIBRATION_POOL]) == pytest.approx(1.0)
+
+
+def test_confidence_weight_by_hand() -> None:
+    inst = Instance(Box(0, 0, 4, 4), "chair", 0.5, np.ones((4, 4), dtype=bool))
+    assert confidence_weight(inst, 2.0) == 0.25
+    assert confidence_weight(inst, 0.0) == 1.0
+    assert confidence_weight(replace(inst, score=1.7), 2.0) == 1.0
 
 
 def test_calibrate_by_hand() -> None:

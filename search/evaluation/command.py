@@ -72,6 +72,9 @@ def eval_command(
         "crop": f"{settings.models.crop_mode}, margin {settings.models.crop_margin}"
         + (", mask pooling" if settings.models.mask_pooling else ""),
         "detector_score": settings.models.detector_score,
+        "lamp_threshold": settings.models.lamp_threshold,
+        "scores": f"softmax T {settings.models.score_temperature:g}"
+        f" x confidence^{settings.models.confidence_power:g}",
         "furniture_categories": ", ".join(sorted(FURNITURE)),
         "closeup_rule": (
             f"more than {settings.models.closeup_share:g} of the photo"
