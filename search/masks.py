@@ -254,6 +254,21 @@ def exclusive(instances: Sequence[Instance]) -> list[Instance]:
     return [replace(inst, mask=masks[i]) for i, inst in enumerate(instances)]
 
 
+def behind(front: Sequence[Instance], back: Sequence[Instance]) -> list[Instance]:
+    """`front` then `back`, where each of `back`'s masks has lost every pixel of a `front`
+    mask: less certain instances (the lite segmenter's class-map lamp proposals, boxed at
+    1/32 of the photo) keep only what no surer instance claims, whatever their size, before
+    `exclusive` settles the rest. On the 100 COCO photos of docs/MASKS.md the proposals'
+    loose boxes made masks that, smaller and so in front, cut into the detected objects':
+    mask AP 0.235 with them in front, 0.279 behind (the same as with no proposals)."""
+    if not back:
+        return list(front)
+    claimed = np.zeros_like(back[0].mask, dtype=bool)
+    for inst in front:
+        claimed |= inst.mask
+    return [*front, *(replace(inst, mask=inst.mask & ~claimed) for inst in back)]
+
+
 def box_mask(box: Box, width: int, height: int) -> BoolMask:
     """The pixels of `box` (`Box.pixels`) as a (height, width) mask."""
     x0, y0, x1, y1 = box.pixels(width, height)

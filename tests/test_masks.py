@@ -235,3 +235,28 @@ def test_exclusive_masks_give_each_pixel_to_one_instance_smaller_in_front() -> N
     assert (out[2].mask == sofa & ~cushion).all(), "the bed outscores the couch of equal area"
     assert not out[0].mask.any()
     assert exclusive(found[:1]) == found[:1] and exclusive([]) == []
+
+
+def test_behind_keeps_only_pixels_no_front_instance_claims() -> None:
+    from search.masks import behind, exclusive
+    from search.types import Instance
+
+    h, w = 40, 60
+    sofa = np.zeros((h, w), dtype=bool)
+    sofa[10:40, 0:50] = True
+    lamp = np.zeros((h, w), dtype=bool)
+    lamp[0:20, 40:60] = True  # a loose proposal, half on the sofa
+    front = [Instance(Box(0, 10, 50, 40), "couch", 0.6, sofa)]
+    back = [Instance(Box(40, 0, 60, 20), "lamp", 0.9, lamp)]
+    out = behind(front, back)
+    assert [i.label for i in out] == ["couch", "lamp"] and out[0] == front[0]
+    assert (out[1].mask == lamp & ~sofa).all(), "the lamp loses what the sofa claims"
+    assert [i.box for i in out] == [front[0].box, back[0].box]
+    # `exclusive` alone would give the shared pixels to the smaller lamp
+    assert not exclusive(front + back)[0].mask[10:20, 40:50].any()
+    assert out[0].mask[10:20, 40:50].all()
+    again = exclusive(out)
+    assert all((a.mask == b.mask).all() for a, b in zip(again, out, strict=True)), "exclusive"
+    assert behind(front, []) == front
+    (alone,) = behind([], back)
+    assert (alone.mask == lamp).all(), "nothing in front: the proposal keeps its mask"

@@ -35,7 +35,7 @@ class ClassMapProposer:
         model: EfficientNetLiteEmbedder,
         *,
         groups: Mapping[str, tuple[int, ...]] = IMAGENET_GROUPS,
-        threshold: float = 0.1,
+        threshold: float = 0.05,
         long_side: int = 960,
         grow: float = 0.15,
     ) -> None:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from search import crops
 from search.crops import product_instance
+from search.masks import behind
 from search.models.base import BoxMasker, Detector
 from search.models.u2net import U2NetMasker
 from search.types import Detection, Instance
@@ -63,15 +64,24 @@ class LiteSegmenter:
     def detect(self, image: Image.Image) -> list[Detection]:
         """The boxes `segment` masks, without masking them: the detector's (duplicates
         merged, at most `max_instances`), then the proposer's."""
+        detected, proposed = self._boxes(image)
+        return detected + proposed
+
+    def _boxes(self, image: Image.Image) -> tuple[list[Detection], list[Detection]]:
         found = [d for d in self.detector.detect(image) if croppable(d, image.size)]
-        detections = merge_duplicates(found, self.duplicate_iou)
-        detections = detections[: self.max_instances]
-        if self.proposer is not None:
-            detections += [d for d in self.proposer.detect(image) if croppable(d, image.size)]
-        return detections
+        detected = merge_duplicates(found, self.duplicate_iou)[: self.max_instances]
+        if self.proposer is None:
+            return detected, []
+        return detected, [d for d in self.proposer.detect(image) if croppable(d, image.size)]
 
     def segment(self, image: Image.Image) -> list[Instance]:
-        detections = self.detect(image)
+        """The detector's instances, then the proposer's; a proposal's mask never takes a
+        pixel of a detected instance's (`search.masks.behind`)."""
+        detected, proposed = self._boxes(image)
+        instances = self._masked(image, detected + proposed)
+        return behind(instances[: len(detected)], instances[len(detected) :])
+
+    def _masked(self, image: Image.Image, detections: list[Detection]) -> list[Instance]:
         if not detections:
             return []
         if self.box_masker is not None:

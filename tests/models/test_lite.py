@@ -67,11 +67,23 @@ def test_lamp_proposals_on_real_rooms(parts: tuple[NanoDetDetector, U2NetMasker]
     lamps = [d for r in rooms for d in proposer.detect(Image.open(r).convert("RGB"))]
     assert lamps, "a dozen furnished rooms show at least one lamp"
     assert all(d.label == "lamp" and proposer.threshold <= d.score <= 1.0 for d in lamps)
-    room = _room()
     segmenter = LiteSegmenter(*parts, proposer=proposer)
     assert "cam(" in segmenter.name
-    for inst in segmenter.segment(room):
+    for path in rooms:
+        room = Image.open(path).convert("RGB")
+        instances = segmenter.segment(room)
+        detected = [i for i in instances if i.label != "lamp"]
+        proposed = [i for i in instances if i.label == "lamp"]
+        if detected and proposed:
+            break
+    else:
+        pytest.fail("no room among a dozen has both detected furniture and a lamp")
+    for inst in instances:
         assert inst.mask.shape == (room.height, room.width)
+    assert [i.label for i in instances] == [i.label for i in detected + proposed], "detected first"
+    claimed = np.logical_or.reduce([i.mask for i in detected])
+    for lamp in proposed:
+        assert not (lamp.mask & claimed).any(), "a proposal never takes a detected pixel"
 
 
 def test_regions_boxes_each_component() -> None:
